@@ -1,0 +1,67 @@
+# Rescore: the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lock-installed
+
+# Embedded defaults (see README "Where things live"); every one can be overridden from the environment.
+export RESCORE_HOME ?= $(CURDIR)/var
+export AIRFLOW_HOME ?= $(RESCORE_HOME)/airflow
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins$(if $(PYTHONPATH),:$(PYTHONPATH))
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
+export AIRFLOW_CONN_SPARK_DEFAULT ?= {"conn_type": "spark", "host": "local[2]"}
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install demo test lint typecheck unit bench lock clean-home help
+
+help:
+	@echo "make demo   - install (if needed) and run the whole story on the embedded defaults"
+	@echo "make test   - install (if needed), lint, type-check and run the test suite"
+	@echo "make bench  - benchmarks, results under docs/benchmarks/"
+	@echo "make lock   - regenerate requirements.lock from requirements.in"
+
+# The venv is rebuilt only when the lock file is newer than the stamp, so a second `make` is instant.
+install: $(STAMP)
+
+$(STAMP): requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --no-deps --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip check
+	touch $@
+
+demo: install
+	$(BIN)/python -m include.demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest -m "unit"
+
+bench: install
+	$(BIN)/python -m include.bench
+
+# Regenerates the lock in a throwaway venv from the human-edited requirements.in.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -r requirements.in
+	.lock-venv/bin/pip check
+	{ grep '^#' requirements.lock; .lock-venv/bin/pip freeze --all | grep -v '^pip=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv
+
+clean-home:
+	rm -rf "$(RESCORE_HOME)"

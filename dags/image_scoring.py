@@ -1,0 +1,66 @@
+"""
+### Image scoring
+
+Every hour: **ingest** the files that landed since the last run into the `images` table
+(exactly once, unreadable files to `rejects` with the reason), **score** every image that has no
+prediction yet from the model version readers currently use (the promoted version, else the
+registry's champion), then **validate** that version's predictions.
+
+Trigger with params to score with another model or version, or a different batch size.
+Every task is idempotent: a retry, a cleared task or a backfill never duplicates rows.
+
+Tables live under `$RESCORE_HOME/warehouse`, reports under `$RESCORE_HOME/reports`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+
+from rescore_airflow.model_registry import resolve_scoring_version
+from rescore_airflow.operators import IngestImagesOperator, ScoreImagesOperator, ValidatePredictionsOperator
+from rescore_airflow.settings import default_model_name
+
+
+@dag(
+    dag_id="image_scoring",
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["rescore", "scoring"],
+    doc_md=__doc__,
+    default_args={"owner": "rescore", "retries": 2, "retry_delay": timedelta(seconds=30)},
+    params={
+        "model_name": Param(default_model_name(), type="string", description="Model to score with."),
+        "model_version": Param(
+            None, type=["null", "string"], description="Version to score with; empty: the promoted one, else champion."
+        ),
+        "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="Images per model batch."),
+    },
+)
+def image_scoring() -> None:
+    @task
+    def resolve_model_version(params: dict | None = None) -> str:  # type: ignore[type-arg]
+        """Pin the model version once, so score and validate agree even if the champion moves."""
+        assert params is not None
+        return resolve_scoring_version(params["model_name"], params["model_version"])
+
+    version = resolve_model_version()
+    ingest = IngestImagesOperator(task_id="ingest")
+    score = ScoreImagesOperator(
+        task_id="score",
+        model_name="{{ params.model_name }}",
+        model_version="{{ ti.xcom_pull(task_ids='resolve_model_version') }}",
+        batch_size="{{ params.batch_size }}",
+    )
+    validate = ValidatePredictionsOperator(
+        task_id="validate",
+        model_name="{{ params.model_name }}",
+        model_version="{{ ti.xcom_pull(task_ids='resolve_model_version') }}",
+    )
+    [ingest, version] >> score >> validate
+
+
+image_scoring()

@@ -1,0 +1,2 @@
+"""What both sides read: Spark conf profiles, example models and the publishing tool,
+the sample-data generator and the benchmark harness."""

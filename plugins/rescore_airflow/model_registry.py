@@ -1,0 +1,13 @@
+"""Which model version a DAG run works with, resolved once per run on the Airflow side."""
+
+from __future__ import annotations
+
+from rescore_airflow import settings
+from spark_jobs.current import resolve_version
+from spark_jobs.model_store import ModelStore
+
+
+def resolve_scoring_version(model_name: str, requested: str | None = None) -> str:
+    """The version a scoring run uses: ``requested`` if given, else the promoted one, else the champion."""
+    paths = settings.paths()
+    return resolve_version(paths, ModelStore(paths.models), model_name, requested)

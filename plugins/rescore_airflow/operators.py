@@ -1,0 +1,167 @@
+"""Operators that run Rescore's Spark jobs: thin ``SparkSubmitOperator`` subclasses.
+
+Each turns typed keyword arguments into one spark-submit call: the job's entry module as the
+application, ``spark_jobs`` zipped into ``--py-files``, a conf profile from ``include/spark`` as
+``--properties-file``, and the job's own arguments. The Spark master comes from the
+``spark_default`` connection (``RESCORE_SPARK_CONN_ID``), so moving from ``local[*]`` to a
+cluster is a connection change, not a code change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+from rescore_airflow import settings
+from rescore_airflow.packaging import build_spark_jobs_zip
+from spark_jobs.contract import RescorePaths
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class RescoreSparkSubmitOperator(SparkSubmitOperator):
+    """Submit one of Rescore's Spark jobs.
+
+    :param rescore_home: root of tables, models and reports (templated); default ``$RESCORE_HOME``.
+    :param spark_profile: name of a properties file in ``include/spark`` (``cpu``, ``gpu``);
+        default ``$RESCORE_SPARK_PROFILE`` or ``cpu``.
+    :param run_label: recorded on every row the job writes (templated); default the Airflow run id.
+    :param kwargs: anything ``SparkSubmitOperator`` takes (``conf``, ``executor_memory``, ...).
+    """
+
+    #: Entry module under ``spark_jobs/``.
+    job: ClassVar[str] = ""
+    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "rescore_home", "run_label")
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        rescore_home: str | None = None,
+        spark_profile: str | None = None,
+        run_label: str = "{{ run_id }}",
+        **kwargs: Any,
+    ) -> None:
+        if not self.job:
+            raise TypeError(f"{type(self).__name__} must set the class attribute 'job'")
+        home = rescore_home or settings.rescore_home()
+        self._default_py_files = f"{RescorePaths(home).artifacts}/spark_jobs.zip"
+        env_vars = {
+            "PYSPARK_PYTHON": settings.spark_python(),
+            "PYSPARK_DRIVER_PYTHON": settings.spark_python(),
+            # spark-submit ships with pyspark next to the interpreter; find it even if PATH lacks the venv.
+            "PATH": os.pathsep.join([os.path.dirname(settings.spark_python()), os.environ.get("PATH", "")]),
+            **(kwargs.pop("env_vars", None) or {}),
+        }
+        kwargs.setdefault("conn_id", settings.spark_conn_id())
+        kwargs.setdefault("py_files", self._default_py_files)
+        kwargs.setdefault("properties_file", str(settings.spark_profile_path(spark_profile)))
+        kwargs.setdefault("name", f"rescore-{self.job}")
+        super().__init__(application=str(settings.SPARK_JOBS_DIR / f"{self.job}.py"), env_vars=env_vars, **kwargs)
+        self.rescore_home = home
+        self.run_label = run_label
+
+    def job_arguments(self) -> list[str]:
+        """Arguments after the application path; subclasses add their own to these."""
+        return ["--home", self.rescore_home, "--run-id", self.run_label]
+
+    def spark_submit_command(self) -> list[str]:
+        """The exact command ``execute`` runs (no process is started)."""
+        self.application_args = self.job_arguments()
+        return self._get_hook()._build_spark_submit_command(self.application)
+
+    def execute(self, context: Context) -> None:
+        if self.py_files == self._default_py_files:
+            build_spark_jobs_zip(self._default_py_files)
+        self.application_args = self.job_arguments()
+        super().execute(context)
+
+
+class IngestImagesOperator(RescoreSparkSubmitOperator):
+    """Load the files that arrived in the landing folder into the ``images`` table, once each.
+
+    :param landing: folder or Hadoop URI to read (templated); default ``<home>/landing``.
+    :param max_pixels: images with more pixels are rejected as decompression bombs.
+    :param max_file_bytes: larger files are stored by path only.
+    :param path_glob: only take files whose name matches (templated), e.g. ``*.jpg``.
+    """
+
+    job = "ingest"
+    template_fields: Sequence[str] = (*RescoreSparkSubmitOperator.template_fields, "landing", "path_glob")
+
+    def __init__(
+        self,
+        *,
+        landing: str | None = None,
+        max_pixels: int | None = None,
+        max_file_bytes: int | None = None,
+        path_glob: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.landing = landing
+        self.max_pixels = max_pixels
+        self.max_file_bytes = max_file_bytes
+        self.path_glob = path_glob
+
+    def job_arguments(self) -> list[str]:
+        args = super().job_arguments()
+        if self.landing:
+            args += ["--landing", self.landing]
+        if self.max_pixels is not None:
+            args += ["--max-pixels", str(self.max_pixels)]
+        if self.max_file_bytes is not None:
+            args += ["--max-file-bytes", str(self.max_file_bytes)]
+        if self.path_glob:
+            args += ["--path-glob", self.path_glob]
+        return args
+
+
+class _ModelJobOperator(RescoreSparkSubmitOperator):
+    """A job that works on one version of one model."""
+
+    template_fields: Sequence[str] = (*RescoreSparkSubmitOperator.template_fields, "model_name", "model_version")
+
+    def __init__(self, *, model_name: str, model_version: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.model_version = model_version
+
+    def job_arguments(self) -> list[str]:
+        args = [*super().job_arguments(), "--model-name", self.model_name]
+        if self.model_version not in (None, "", "None"):
+            args += ["--model-version", str(self.model_version)]
+        return args
+
+
+class ScoreImagesOperator(_ModelJobOperator):
+    """Score every image that has no prediction yet from a model version.
+
+    :param model_name: model to score with (templated).
+    :param model_version: version (templated); empty means the promoted version, else the champion.
+    :param batch_size: images per model batch, also the Arrow batch size (templated).
+    """
+
+    job = "score"
+    template_fields: Sequence[str] = (*_ModelJobOperator.template_fields, "batch_size")
+
+    def __init__(self, *, batch_size: int | str = 64, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch_size = batch_size
+
+    def job_arguments(self) -> list[str]:
+        return [*super().job_arguments(), "--batch-size", str(self.batch_size)]
+
+
+class ValidatePredictionsOperator(_ModelJobOperator):
+    """Validate a model version's predictions; the task fails when any gate fails.
+
+    :param model_name: model whose predictions are checked (templated).
+    :param model_version: version (templated); empty means the promoted version, else the champion.
+    """
+
+    job = "validate"

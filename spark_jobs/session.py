@@ -1,0 +1,81 @@
+"""SparkSession construction and the small helpers every job entry point shares."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from spark_jobs.model_store import ModelStoreError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+def get_spark(app_name: str, conf: dict[str, str] | None = None) -> SparkSession:
+    """Return the job's SparkSession.
+
+    Under spark-submit the master and profile come from the command line; run directly
+    (``python -m spark_jobs.score``) it falls back to ``local[*]``.
+    """
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    spark_conf = SparkConf()
+    if not spark_conf.contains("spark.master"):
+        builder = builder.master("local[*]")
+    if spark_conf.get("spark.master", "local").startswith("local"):
+        # Local workers must run this interpreter (the project's venv), not whatever python3 is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Partition values such as model_version stay strings ("2", not 2) in every reader.
+    builder = builder.config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    # INFO from every Spark component drowns the job's own progress lines in the Airflow task log.
+    spark.sparkContext.setLogLevel(os.environ.get("RESCORE_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    """Whether a local path or Hadoop URI exists, asked through Hadoop's FileSystem."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    return bool(fs.exists(hadoop_path))
+
+
+def read_table(spark: SparkSession, path: str) -> DataFrame | None:
+    """A Parquet table, or None when nothing has been written there yet."""
+    if not path_exists(spark, path):
+        return None
+    return spark.read.parquet(path)
+
+
+def setup_logging() -> None:
+    """Job logs go to stderr, which spark-submit relays into the Airflow task log."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+class JobError(Exception):
+    """A problem a user can fix (bad path, unknown model version); printed without a traceback."""
+
+
+def run_main(job: str, body: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
+    """Run a job body, turning user-fixable errors into one clear log line and exit code 2."""
+    setup_logging()
+    log = logging.getLogger(f"rescore.{job}")
+    try:
+        return body(argv)
+    except (JobError, ModelStoreError) as exc:
+        log.error("%s failed: %s", job, exc)
+        return 2
