@@ -15,6 +15,7 @@ Tables live under `$RESCORE_HOME/warehouse`, reports under `$RESCORE_HOME/report
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import Param, dag, task
 
@@ -42,7 +43,7 @@ from rescore_airflow.settings import default_model_name
 )
 def image_scoring() -> None:
     @task
-    def resolve_model_version(params: dict | None = None) -> str:  # type: ignore[type-arg]
+    def resolve_model_version(params: dict[str, Any] | None = None) -> str:
         """Pin the model version once, so score and validate agree even if the champion moves."""
         assert params is not None
         return resolve_scoring_version(params["model_name"], params["model_version"])

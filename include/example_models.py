@@ -119,8 +119,15 @@ def train_small_cnn(
     return TrainResult(manifest, weights_file, accuracy, seconds)
 
 
-def train_and_publish(store: ModelStore, *, name: str = "shapes", seed: int = 0, champion: bool = True,
-                      epochs: int = 8, progress: bool = True) -> str:
+def train_and_publish(
+    store: ModelStore,
+    *,
+    name: str = "shapes",
+    seed: int = 0,
+    champion: bool = True,
+    epochs: int = 8,
+    progress: bool = True,
+) -> str:
     """Train the example CNN and publish it as the next version of ``name``; returns the version."""
     with tempfile.TemporaryDirectory() as tmp:
         result = train_small_cnn(Path(tmp), name=name, seed=seed, epochs=epochs, progress=progress)

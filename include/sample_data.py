@@ -57,12 +57,16 @@ def render_shape(label: str, size: int, rng: np.random.Generator) -> Image.Image
     if label == "circle":
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fg)
     elif label == "square":
-        pts = [(cx + radius * math.cos(angle + k * math.pi / 2), cy + radius * math.sin(angle + k * math.pi / 2))
-               for k in range(4)]
+        pts = [
+            (cx + radius * math.cos(angle + k * math.pi / 2), cy + radius * math.sin(angle + k * math.pi / 2))
+            for k in range(4)
+        ]
         draw.polygon(pts, fill=fg)
     elif label == "triangle":
-        pts = [(cx + radius * math.cos(angle + k * 2 * math.pi / 3), cy + radius * math.sin(angle + k * 2 * math.pi / 3))
-               for k in range(3)]
+        pts = [
+            (cx + radius * math.cos(angle + k * 2 * math.pi / 3), cy + radius * math.sin(angle + k * 2 * math.pi / 3))
+            for k in range(3)
+        ]
         draw.polygon(pts, fill=fg)
     else:  # cross
         width = max(2, int(radius * 0.45))

@@ -80,20 +80,31 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
             fmt, mode = img.format, img.mode
             if width * height > max_pixels:
                 return ImageFacts(
-                    width, height, fmt, mode,
+                    width,
+                    height,
+                    fmt,
+                    mode,
                     reason=f"decompression bomb: {width}x{height} = {width * height} pixels is more than "
                     f"max_pixels={max_pixels}; raise --max-pixels if this image is genuine",
                 )
             if fmt == "JPEG":
                 # The header is enough to accept a JPEG, but a cut-off upload lacks the end marker.
                 if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-                    return ImageFacts(width, height, fmt, mode, reason="truncated JPEG: the end-of-image marker is "
-                                      "missing; the file was cut off, land it again")
+                    return ImageFacts(
+                        width,
+                        height,
+                        fmt,
+                        mode,
+                        reason="truncated JPEG: the end-of-image marker is "
+                        "missing; the file was cut off, land it again",
+                    )
             else:
                 img.verify()  # walks chunks/structures (CRC for PNG) without decoding pixels
     except UnidentifiedImageError:
-        return ImageFacts(reason="not an image: Pillow does not recognise the format; remove it from the landing "
-                          "folder or convert it to JPEG/PNG")
+        return ImageFacts(
+            reason="not an image: Pillow does not recognise the format; remove it from the landing "
+            "folder or convert it to JPEG/PNG"
+        )
     except Image.DecompressionBombError as exc:
         return ImageFacts(reason=f"decompression bomb: {exc}")
     except (OSError, SyntaxError, ValueError) as exc:
@@ -115,24 +126,27 @@ def _inspect_batches(max_pixels: int, max_file_bytes: int):  # type: ignore[no-u
                 data = bytes(content) if content is not None else b""
                 facts = inspect_image(data, max_pixels=max_pixels)
                 keep_bytes = facts.reason is None and len(data) <= max_file_bytes
-                rows.append({
-                    "path": path,
-                    "size": int(size),
-                    "image_id": hashlib.sha256(data).hexdigest() if facts.reason is None else None,
-                    "width": facts.width,
-                    "height": facts.height,
-                    "format": facts.format,
-                    "mode": facts.mode,
-                    "reason": facts.reason,
-                    "content": data if keep_bytes else None,
-                })
+                rows.append(
+                    {
+                        "path": path,
+                        "size": int(size),
+                        "image_id": hashlib.sha256(data).hexdigest() if facts.reason is None else None,
+                        "width": facts.width,
+                        "height": facts.height,
+                        "format": facts.format,
+                        "mode": facts.mode,
+                        "reason": facts.reason,
+                        "content": data if keep_bytes else None,
+                    }
+                )
             yield pd.DataFrame(rows, columns=[c.split()[0] for c in INSPECTED_SCHEMA.split(", ")])
 
     return inspect
 
 
-def inspect_files(files: DataFrame, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> DataFrame:
+def inspect_files(
+    files: DataFrame, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> DataFrame:
     """Door check of a ``binaryFile`` DataFrame (path, modificationTime, length, content).
 
     Returns :data:`INSPECTED_SCHEMA`: one row per file, ``reason`` null for accepted images.
@@ -147,12 +161,8 @@ def split_inspected(inspected: DataFrame, *, run_id: str) -> tuple[DataFrame, Da
     from pyspark.sql import functions as F
 
     stamped = inspected.withColumn("ingested_at", F.current_timestamp()).withColumn("ingest_run", F.lit(run_id))
-    images = stamped.where(F.col("reason").isNull()).select(
-        *[c.split()[0] for c in IMAGES_SCHEMA.split(", ")]
-    )
-    rejects = stamped.where(F.col("reason").isNotNull()).select(
-        *[c.split()[0] for c in REJECTS_SCHEMA.split(", ")]
-    )
+    images = stamped.where(F.col("reason").isNull()).select(*[c.split()[0] for c in IMAGES_SCHEMA.split(", ")])
+    rejects = stamped.where(F.col("reason").isNotNull()).select(*[c.split()[0] for c in REJECTS_SCHEMA.split(", ")])
     return images, rejects
 
 
@@ -185,8 +195,16 @@ def _read_existing_ids(spark: SparkSession, images_path: str, before_batch: int)
     return existing.where(F.col("ingest_batch") < before_batch).select("image_id").distinct()
 
 
-def write_batch(spark: SparkSession, files: DataFrame, batch_id: int, *, paths: RescorePaths, run_id: str,
-                max_pixels: int, max_file_bytes: int) -> IngestCounts:
+def write_batch(
+    spark: SparkSession,
+    files: DataFrame,
+    batch_id: int,
+    *,
+    paths: RescorePaths,
+    run_id: str,
+    max_pixels: int,
+    max_file_bytes: int,
+) -> IngestCounts:
     """Check and store one micro-batch; idempotent for a given ``batch_id``."""
     from pyspark.sql import functions as F
 
@@ -202,19 +220,33 @@ def write_batch(spark: SparkSession, files: DataFrame, batch_id: int, *, paths: 
         if existing is not None:
             ids = ids.join(existing, "image_id", "left_anti")
         accepted = ids.distinct().count()
-        counts = IngestCounts(seen=seen, accepted=accepted, rejected=rejected,
-                              duplicates=seen - rejected - accepted)
+        counts = IngestCounts(seen=seen, accepted=accepted, rejected=rejected, duplicates=seen - rejected - accepted)
     finally:
         inspected.unpersist()
-    log.info("batch %d: %d files seen = %d accepted + %d rejected + %d duplicates", batch_id,
-             counts.seen, counts.accepted, counts.rejected, counts.duplicates)
+    log.info(
+        "batch %d: %d files seen = %d accepted + %d rejected + %d duplicates",
+        batch_id,
+        counts.seen,
+        counts.accepted,
+        counts.rejected,
+        counts.duplicates,
+    )
     return counts
 
 
-def ingest_landing(spark: SparkSession, *, paths: RescorePaths, landing: str, checkpoint: str, run_id: str,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                   path_glob: str | None = None, recursive: bool = True,
-                   max_files_per_batch: int = 10_000) -> IngestCounts:
+def ingest_landing(
+    spark: SparkSession,
+    *,
+    paths: RescorePaths,
+    landing: str,
+    checkpoint: str,
+    run_id: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    path_glob: str | None = None,
+    recursive: bool = True,
+    max_files_per_batch: int = 10_000,
+) -> IngestCounts:
     """Take every file that arrived in ``landing`` since the last run (per ``checkpoint``)."""
     reader = (
         spark.readStream.format("binaryFile")
@@ -229,8 +261,11 @@ def ingest_landing(spark: SparkSession, *, paths: RescorePaths, landing: str, ch
     total = IngestCounts()
 
     def each_batch(files: DataFrame, batch_id: int) -> None:
-        total.add(write_batch(spark, files, batch_id, paths=paths, run_id=run_id,
-                              max_pixels=max_pixels, max_file_bytes=max_file_bytes))
+        total.add(
+            write_batch(
+                spark, files, batch_id, paths=paths, run_id=run_id, max_pixels=max_pixels, max_file_bytes=max_file_bytes
+            )
+        )
 
     query = (
         stream.writeStream.foreachBatch(each_batch)
@@ -264,16 +299,26 @@ def _main(argv: list[str] | None) -> int:
         raise JobError(f"landing folder {landing} does not exist: create it, or pass --landing with the right path")
     started = time.perf_counter()
     counts = ingest_landing(
-        spark, paths=paths, landing=landing, checkpoint=args.checkpoint or f"{paths.checkpoints}/ingest",
-        run_id=args.run_id, max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
-        path_glob=args.path_glob, recursive=not args.no_recursive,
+        spark,
+        paths=paths,
+        landing=landing,
+        checkpoint=args.checkpoint or f"{paths.checkpoints}/ingest",
+        run_id=args.run_id,
+        max_pixels=args.max_pixels,
+        max_file_bytes=args.max_file_bytes,
+        path_glob=args.path_glob,
+        recursive=not args.no_recursive,
     )
     elapsed = time.perf_counter() - started
     if counts.seen == 0:
         log.info("no new files in %s since the last run", landing)
     log.info(
         "ingest done in %.1f s: %d files seen = %d accepted + %d rejected + %d duplicates (%s)",
-        elapsed, counts.seen, counts.accepted, counts.rejected, counts.duplicates,
+        elapsed,
+        counts.seen,
+        counts.accepted,
+        counts.rejected,
+        counts.duplicates,
         "reconciled" if counts.reconciles else "DOES NOT RECONCILE",
     )
     return 0 if counts.reconciles else 1

@@ -29,7 +29,7 @@ from spark_jobs.session import JobError, get_spark, read_table, run_main
 
 if TYPE_CHECKING:
     from pyspark.broadcast import Broadcast
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame
 
     from spark_jobs.models import Predictor
 
@@ -80,7 +80,7 @@ def _read_bytes(content: Any, path: str) -> bytes:
     if content is not None:
         return bytes(content)
     # Files above the ingest size limit are stored without bytes: read them from where they landed.
-    local = path[len("file:"):] if path.startswith("file:") else path
+    local = path[len("file:") :] if path.startswith("file:") else path
     return Path(local).read_bytes()
 
 
@@ -129,22 +129,24 @@ def make_score_udf(model: Broadcast[dict[str, Any]]):  # type: ignore[no-untyped
     return score_batches
 
 
-def select_unscored(images: DataFrame, predictions: DataFrame | None, *, model_name: str,
-                    model_version: str) -> DataFrame:
+def select_unscored(
+    images: DataFrame, predictions: DataFrame | None, *, model_name: str, model_version: str
+) -> DataFrame:
     """Distinct images (by ``image_id``) that have no prediction from this model version yet."""
     from pyspark.sql import functions as F
 
     distinct = images.select("image_id", "path", "content").dropDuplicates(["image_id"])
     if predictions is None:
         return distinct
-    done = predictions.where(
-        (F.col("model_name") == model_name) & (F.col("model_version") == model_version)
-    ).select("image_id")
+    done = predictions.where((F.col("model_name") == model_name) & (F.col("model_version") == model_version)).select(
+        "image_id"
+    )
     return distinct.join(done, "image_id", "left_anti")
 
 
-def score_images(images: DataFrame, model: Broadcast[dict[str, Any]], *, run_id: str,
-                 scored_at: datetime | None = None) -> DataFrame:
+def score_images(
+    images: DataFrame, model: Broadcast[dict[str, Any]], *, run_id: str, scored_at: datetime | None = None
+) -> DataFrame:
     """Predictions for ``images`` (image_id, path, content) in :data:`PREDICTIONS_SCHEMA` order,
     plus ``model_name`` and ``model_version``."""
     from pyspark.sql import functions as F
@@ -169,11 +171,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="score", description="Score unscored images with a model version.")
     parser.add_argument("--home", default=default_home(), help="RESCORE_HOME: root of tables and models")
     parser.add_argument("--model-name", required=True)
-    parser.add_argument("--model-version", default=None,
-                        help="version to score with (default: the promoted version, else the champion)")
+    parser.add_argument(
+        "--model-version", default=None, help="version to score with (default: the promoted version, else the champion)"
+    )
     parser.add_argument("--models", default=None, help="model store folder (default: <home>/models)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="images per model batch, also the Arrow batch size")
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per model batch, also the Arrow batch size"
+    )
     parser.add_argument("--run-id", default="manual", help="Airflow run id recorded on every row")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -191,21 +195,33 @@ def _main(argv: list[str] | None) -> int:
     images = read_table(spark, paths.images)
     if images is None:
         raise JobError(f"the images table {paths.images} is empty: run ingest first")
-    todo = select_unscored(images, read_table(spark, paths.predictions), model_name=args.model_name,
-                           model_version=version)
+    todo = select_unscored(
+        images, read_table(spark, paths.predictions), model_name=args.model_name, model_version=version
+    )
     pending = todo.count()
     if pending == 0:
         log.info("nothing new to score: every image already has a prediction from %s v%s", args.model_name, version)
         return 0
-    log.info("scoring %d images with %s v%s (%d weight bytes broadcast)", pending, args.model_name, version,
-             len(model.weights))
+    log.info(
+        "scoring %d images with %s v%s (%d weight bytes broadcast)",
+        pending,
+        args.model_name,
+        version,
+        len(model.weights),
+    )
     payload = spark.sparkContext.broadcast({"manifest": model.manifest.to_dict(), "weights": model.weights})
     started = time.perf_counter()
-    score_images(todo, payload, run_id=args.run_id).write.mode("append") \
-        .partitionBy("model_name", "model_version").parquet(paths.predictions)
+    score_images(todo, payload, run_id=args.run_id).write.mode("append").partitionBy(
+        "model_name", "model_version"
+    ).parquet(paths.predictions)
     elapsed = time.perf_counter() - started
-    log.info("scored %d images in %.1f s (%.1f images/s) into %s", pending, elapsed, pending / max(elapsed, 1e-9),
-             paths.predictions)
+    log.info(
+        "scored %d images in %.1f s (%.1f images/s) into %s",
+        pending,
+        elapsed,
+        pending / max(elapsed, 1e-9),
+        paths.predictions,
+    )
     payload.unpersist()
     return 0
 

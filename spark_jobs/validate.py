@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_jobs.contract import RescorePaths, default_home
-from spark_jobs.model_store import ModelStore
 from spark_jobs.current import resolve_version
+from spark_jobs.model_store import ModelStore
 from spark_jobs.session import JobError, get_spark, read_table, run_main
 
 if TYPE_CHECKING:
@@ -85,7 +85,9 @@ def sanity(predictions: DataFrame, labels: list[str], tolerance: float) -> dict[
     prob_sum = F.aggregate("probabilities", F.lit(0.0).cast("double"), lambda acc, x: acc + x)
     bad_score = F.col("score").isNull() | F.isnan("score")
     checks = {
-        "null_or_nan": F.col("label").isNull() | bad_score | F.col("probabilities").isNull()
+        "null_or_nan": F.col("label").isNull()
+        | bad_score
+        | F.col("probabilities").isNull()
         | F.exists("probabilities", lambda x: x.isNull() | F.isnan(x)),
         "score_out_of_range": ~bad_score & ((F.col("score") < 0) | (F.col("score") > 1)),
         "probabilities_not_summing_to_1": F.col("probabilities").isNotNull() & (F.abs(prob_sum - 1.0) > tolerance),
@@ -105,8 +107,9 @@ def distribution(predictions: DataFrame, bins: int = 10) -> dict[str, Any]:
     shares = {r.label: r["count"] / total for r in predictions.groupBy("label").count().collect()} if total else {}
     bucket = F.least(F.floor(F.col("score") * bins), F.lit(bins - 1)).cast("int")
     hist = dict.fromkeys(range(bins), 0)
-    for r in predictions.where(F.col("score").isNotNull() & ~F.isnan("score")).groupBy(bucket.alias("b")).count() \
-            .collect():
+    for r in (
+        predictions.where(F.col("score").isNotNull() & ~F.isnan("score")).groupBy(bucket.alias("b")).count().collect()
+    ):
         if r.b is not None and 0 <= r.b < bins:
             hist[int(r.b)] = int(r["count"])
     return {
@@ -119,19 +122,42 @@ def evaluate_gates(metrics: dict[str, Any], thresholds: Thresholds) -> list[Gate
     """Each gate's verdict with the value it measured and the limit it was held to."""
     cov, san = metrics["coverage"], metrics["sanity"]
     return [
-        GateResult("coverage", cov["missing"] <= thresholds.max_missing, cov["missing"], thresholds.max_missing,
-                   f"{cov['missing']} of {cov['images_in_scope']} images have no prediction"),
-        GateResult("uniqueness", cov["duplicates"] <= thresholds.max_duplicates, cov["duplicates"],
-                   thresholds.max_duplicates, f"{cov['duplicates']} images have more than one prediction"),
-        GateResult("sanity", san["invalid_rows"] <= thresholds.max_invalid, san["invalid_rows"],
-                   thresholds.max_invalid,
-                   ", ".join(f"{k}={san[k]}" for k in ("null_or_nan", "score_out_of_range",
-                                                      "probabilities_not_summing_to_1", "unknown_label"))),
+        GateResult(
+            "coverage",
+            cov["missing"] <= thresholds.max_missing,
+            cov["missing"],
+            thresholds.max_missing,
+            f"{cov['missing']} of {cov['images_in_scope']} images have no prediction",
+        ),
+        GateResult(
+            "uniqueness",
+            cov["duplicates"] <= thresholds.max_duplicates,
+            cov["duplicates"],
+            thresholds.max_duplicates,
+            f"{cov['duplicates']} images have more than one prediction",
+        ),
+        GateResult(
+            "sanity",
+            san["invalid_rows"] <= thresholds.max_invalid,
+            san["invalid_rows"],
+            thresholds.max_invalid,
+            ", ".join(
+                f"{k}={san[k]}"
+                for k in ("null_or_nan", "score_out_of_range", "probabilities_not_summing_to_1", "unknown_label")
+            ),
+        ),
     ]
 
 
-def validate_predictions(images: DataFrame, predictions: DataFrame, *, model_name: str, model_version: str,
-                         labels: list[str], thresholds: Thresholds) -> dict[str, Any]:
+def validate_predictions(
+    images: DataFrame,
+    predictions: DataFrame,
+    *,
+    model_name: str,
+    model_version: str,
+    labels: list[str],
+    thresholds: Thresholds,
+) -> dict[str, Any]:
     """The whole report for one model version over the images in scope (without writing it)."""
     from pyspark.sql import functions as F
 
@@ -153,7 +179,11 @@ def validate_predictions(images: DataFrame, predictions: DataFrame, *, model_nam
         "model_version": model_version,
         "created_at": datetime.now(UTC).isoformat(),
         **metrics,
-        "run": {"rows": rows, "wall_seconds": round(elapsed, 3), "rows_per_second": round(rows / max(elapsed, 1e-9), 1)},
+        "run": {
+            "rows": rows,
+            "wall_seconds": round(elapsed, 3),
+            "rows_per_second": round(rows / max(elapsed, 1e-9), 1),
+        },
         "thresholds": asdict(thresholds),
         "gates": [asdict(g) for g in gates],
         "passed": all(g.passed for g in gates),
@@ -175,8 +205,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="validate", description="Validate a model version's predictions.")
     parser.add_argument("--home", default=default_home())
     parser.add_argument("--model-name", required=True)
-    parser.add_argument("--model-version", default=None,
-                        help="version to validate (default: the promoted version, else the champion)")
+    parser.add_argument(
+        "--model-version", default=None, help="version to validate (default: the promoted version, else the champion)"
+    )
     parser.add_argument("--models", default=None, help="model store folder (default: <home>/models)")
     parser.add_argument("--run-id", default="manual")
     parser.add_argument("--max-missing", type=int, default=Thresholds.max_missing)
@@ -201,18 +232,33 @@ def _main(argv: list[str] | None) -> int:
     predictions = read_table(spark, paths.predictions)
     if images is None or predictions is None:
         raise JobError(f"nothing to validate under {paths.warehouse}: run ingest and score first")
-    report = validate_predictions(images, predictions, model_name=args.model_name, model_version=version,
-                                  labels=manifest.labels, thresholds=thresholds)
+    report = validate_predictions(
+        images,
+        predictions,
+        model_name=args.model_name,
+        model_version=version,
+        labels=manifest.labels,
+        thresholds=thresholds,
+    )
     path = write_report(report, paths.reports, args.run_id)
     failed = [g for g in report["gates"] if not g["passed"]]
     log.info("report: %s", path)
     if failed:
-        log.error("FAILED %d gate(s) for %s v%s: %s", len(failed), args.model_name, version,
-                  "; ".join(f"{g['name']} ({g['detail']}; value {g['value']} > threshold {g['threshold']})"
-                            for g in failed))
+        log.error(
+            "FAILED %d gate(s) for %s v%s: %s",
+            len(failed),
+            args.model_name,
+            version,
+            "; ".join(f"{g['name']} ({g['detail']}; value {g['value']} > threshold {g['threshold']})" for g in failed),
+        )
         return 1
-    log.info("PASSED all %d gates for %s v%s over %d images", len(report["gates"]), args.model_name, version,
-             report["coverage"]["images_in_scope"])
+    log.info(
+        "PASSED all %d gates for %s v%s over %d images",
+        len(report["gates"]),
+        args.model_name,
+        version,
+        report["coverage"]["images_in_scope"],
+    )
     return 0
 
 

@@ -26,7 +26,7 @@ class TorchPredictor:
         network.load_state_dict(load_safetensors(version.weights))
         self.network = network.eval().to(self.device)
         if self.device.type == "cuda":
-            self.network = self.network.to(memory_format=torch.channels_last)
+            self.network = self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
