@@ -1,0 +1,65 @@
+"""Every DAG file imports cleanly, fast, without heavy modules, with tags and retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.airflow
+
+ROOT = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
+HEAVY = ("torch", "tensorflow", "keras", "pyspark", "pandas", "mlflow")
+PARSE_BUDGET_S = 2.0
+
+
+def test_there_are_dag_files() -> None:
+    assert [p.name for p in DAG_FILES if p.name == "image_scoring.py"] == ["image_scoring.py"]
+
+
+@pytest.fixture(scope="module")
+def dagbag():  # type: ignore[no-untyped-def]
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+def test_every_dag_file_imports_without_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
+    assert dagbag.import_errors == {}
+    files_with_dags = {Path(d.fileloc).name for d in dagbag.dags.values()}
+    assert files_with_dags == {p.name for p in DAG_FILES if not p.name.startswith("_")}
+
+
+def test_every_dag_has_tags_retries_and_docs(dagbag) -> None:  # type: ignore[no-untyped-def]
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        assert dag.doc_md, f"{dag_id} has no doc_md"
+        for task in dag.tasks:
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_parses_fast_and_imports_no_heavy_module(dag_file: Path) -> None:
+    # Given a fresh interpreter that has imported Airflow (as the dag-processor has)
+    probe = f"""
+import importlib.util, json, sys, time
+import airflow.sdk
+spec = importlib.util.spec_from_file_location("dag_under_test", {str(dag_file)!r})
+module = importlib.util.module_from_spec(spec)
+started = time.perf_counter()
+spec.loader.exec_module(module)
+elapsed = time.perf_counter() - started
+print(json.dumps({{"seconds": elapsed, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
+    # When the DAG file is executed
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=120)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # Then it pulled in no heavy module and parsed within the budget
+    assert result["heavy"] == [], f"{dag_file.name} imports {result['heavy']} at parse time"
+    assert result["seconds"] < PARSE_BUDGET_S, f"{dag_file.name} took {result['seconds']:.2f}s to parse"

@@ -1,0 +1,119 @@
+"""Each operator builds exactly the spark-submit command it should (no process is started)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.airflow
+
+ROOT = Path(__file__).resolve().parents[2]
+HOME = "/data/rescore"
+CPU_CONF = str(ROOT / "include" / "spark" / "cpu.conf")
+ZIP = "/data/rescore/artifacts/spark_jobs.zip"
+
+
+@pytest.fixture(autouse=True)
+def _local_master(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", '{"conn_type": "spark", "host": "local[2]"}')
+    monkeypatch.delenv("RESCORE_SPARK_PROFILE", raising=False)
+
+
+def test_ingest_operator_builds_the_spark_submit_command() -> None:
+    from rescore_airflow.operators import IngestImagesOperator
+
+    # Given an ingest task with a landing folder and a size limit
+    op = IngestImagesOperator(
+        task_id="ingest", rescore_home=HOME, run_label="run-1", landing="s3a://lake/in", max_file_bytes=1000
+    )
+    # When the command is built
+    cmd = op.spark_submit_command()
+    # Then it is exactly one spark-submit of the ingest entry point with the job's flags
+    assert cmd == [
+        "spark-submit",
+        "--master", "local[2]",
+        "--properties-file", CPU_CONF,
+        "--py-files", ZIP,
+        "--name", "rescore-ingest",
+        str(ROOT / "spark_jobs" / "ingest.py"),
+        "--home", HOME,
+        "--run-id", "run-1",
+        "--landing", "s3a://lake/in",
+        "--max-file-bytes", "1000",
+    ]  # fmt: skip
+
+
+def test_score_operator_builds_the_spark_submit_command() -> None:
+    from rescore_airflow.operators import ScoreImagesOperator
+
+    op = ScoreImagesOperator(
+        task_id="score", rescore_home=HOME, run_label="run-1", model_name="shapes", model_version="3", batch_size=128
+    )
+    assert op.spark_submit_command() == [
+        "spark-submit",
+        "--master", "local[2]",
+        "--properties-file", CPU_CONF,
+        "--py-files", ZIP,
+        "--name", "rescore-score",
+        str(ROOT / "spark_jobs" / "score.py"),
+        "--home", HOME,
+        "--run-id", "run-1",
+        "--model-name", "shapes",
+        "--model-version", "3",
+        "--batch-size", "128",
+    ]  # fmt: skip
+
+
+def test_empty_model_version_is_left_to_the_job() -> None:
+    from rescore_airflow.operators import ValidatePredictionsOperator
+
+    # Given a version param that rendered to nothing (the DAG's "use the promoted version")
+    op = ValidatePredictionsOperator(task_id="validate", rescore_home=HOME, run_label="r", model_name="m",
+                                     model_version="")
+    # Then no --model-version flag is passed
+    assert op.spark_submit_command()[-6:] == ["--home", HOME, "--run-id", "r", "--model-name", "m"]
+
+
+def test_spark_master_comes_from_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rescore_airflow.operators import ScoreImagesOperator
+
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", '{"conn_type": "spark", "host": "spark://10.0.0.5", "port": 7077}')
+    op = ScoreImagesOperator(task_id="score", rescore_home=HOME, model_name="m")
+    cmd = op.spark_submit_command()
+    assert cmd[1:3] == ["--master", "spark://10.0.0.5:7077"]
+
+
+def test_gpu_profile_selects_the_gpu_properties_file() -> None:
+    from rescore_airflow.operators import ScoreImagesOperator
+
+    op = ScoreImagesOperator(task_id="score", rescore_home=HOME, model_name="m", spark_profile="gpu")
+    cmd = op.spark_submit_command()
+    assert cmd[cmd.index("--properties-file") + 1] == str(ROOT / "include" / "spark" / "gpu.conf")
+
+
+def test_unknown_profile_is_a_clear_error() -> None:
+    from rescore_airflow.operators import ScoreImagesOperator
+
+    with pytest.raises(ValueError, match=r"Spark profile 'tpu' does not exist.*use one of \['cpu', 'gpu'\]"):
+        ScoreImagesOperator(task_id="score", rescore_home=HOME, model_name="m", spark_profile="tpu")
+
+
+def test_jobs_run_on_the_airflow_interpreter_by_default() -> None:
+    from rescore_airflow.operators import ScoreImagesOperator
+
+    op = ScoreImagesOperator(task_id="score", rescore_home=HOME, model_name="m")
+    assert op.env_vars is not None
+    assert op.env_vars["PYSPARK_PYTHON"] == sys.executable
+    assert op.env_vars["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+
+
+def test_templated_fields_are_rendered_into_the_arguments() -> None:
+    from rescore_airflow.operators import ScoreImagesOperator
+
+    op = ScoreImagesOperator(task_id="score", rescore_home=HOME, model_name="{{ params.m }}", batch_size="{{ 8 * 4 }}")
+    assert {"model_name", "model_version", "batch_size", "rescore_home", "run_label"} <= set(op.template_fields)
+    op.render_template_fields({"params": {"m": "cats"}, "run_id": "scheduled__x"})
+    args = op.job_arguments()
+    assert args == ["--home", HOME, "--run-id", "scheduled__x", "--model-name", "cats", "--batch-size", "32"]
