@@ -49,6 +49,10 @@ def make_dataset(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+    if not sys.stderr.isatty():
+        if step == steps:  # logs and CI: one line per epoch, no carriage returns
+            sys.stderr.write(f"  epoch {epoch}/{epochs} loss {loss:.3f}\n")
+        return
     done = int(30 * step / steps)
     sys.stderr.write(f"\r  epoch {epoch}/{epochs} [{'#' * done}{'.' * (30 - done)}] loss {loss:.3f}")
     if step == steps:

@@ -1,0 +1,189 @@
+"""The whole Rescore story on the embedded defaults (``make demo``).
+
+1. generate labelled sample images into ``$RESCORE_HOME/landing`` (first run only);
+2. train the example CNN and publish it as version 1 (first run only);
+3. run the ``image_scoring`` DAG (ingest -> score -> validate) on local Spark;
+4. print what happened and where the results are.
+
+Run it twice: the second run finds nothing new to ingest or score and says so.
+Airflow's and Spark's own output goes to ``$RESCORE_HOME/logs/demo-*.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from spark_jobs.contract import RescorePaths
+
+MODEL_NAME = "shapes"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def say(message: str) -> None:
+    print(f"[rescore demo] {message}", flush=True)
+
+
+@contextlib.contextmanager
+def output_to(log_file: Path) -> Iterator[None]:
+    """Send this process's stdout/stderr (and its children's) to ``log_file`` for a while."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with log_file.open("ab") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def ensure_airflow_db(paths: RescorePaths, log_file: Path) -> None:
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME", paths.airflow_home))
+    if (airflow_home / "airflow.db").exists():
+        return
+    say(f"creating the Airflow metadata database in {airflow_home} ...")
+    with log_file.open("ab") as fh:
+        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                       stdout=fh, stderr=fh)
+
+
+def run_dag(dag_id: str, log_file: Path, conf: dict[str, Any] | None = None) -> Any:
+    """Run a DAG once with ``dag.test()`` (tasks in this process, Spark jobs via spark-submit)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    with output_to(log_file):
+        dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag(dag_id)
+        if dag is None:
+            raise SystemExit(f"DAG {dag_id} did not load: run `make test` to see the import error")
+        return dag.test(run_conf=conf)
+
+
+@dataclass
+class TableCounts:
+    images: int
+    rejects: int
+    predictions: dict[tuple[str, str], int]
+
+
+def _rows(path: str, columns: list[str]) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    if not Path(path).exists():
+        return []
+    fields = [("model_name", pa.string()), ("model_version", pa.string())] if path.endswith("predictions") else [
+        ("ingest_batch", pa.string())
+    ]
+    dataset = ds.dataset(path, format="parquet", partitioning=ds.partitioning(pa.schema(fields), flavor="hive"))
+    rows: list[dict[str, Any]] = dataset.to_table(columns=columns).to_pylist()
+    return rows
+
+
+def count_tables(paths: RescorePaths) -> TableCounts:
+    predictions: dict[tuple[str, str], int] = {}
+    for row in _rows(paths.predictions, ["model_name", "model_version"]):
+        key = (row["model_name"], row["model_version"])
+        predictions[key] = predictions.get(key, 0) + 1
+    return TableCounts(
+        images=len(_rows(paths.images, ["image_id"])),
+        rejects=len(_rows(paths.rejects, ["path"])),
+        predictions=predictions,
+    )
+
+
+def accuracy(paths: RescorePaths, version: str) -> tuple[int, int]:
+    """(correct, judged) predictions of ``version`` against the generator's labels."""
+    from include.sample_data import read_truth
+
+    truth = read_truth(paths)
+    judged = correct = 0
+    for row in _rows(paths.predictions, ["image_id", "label", "model_name", "model_version"]):
+        if row["model_name"] == MODEL_NAME and row["model_version"] == version and row["image_id"] in truth:
+            judged += 1
+            correct += row["label"] == truth[row["image_id"]]
+    return correct, judged
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=300, help="sample images to generate on the first run")
+    args = parser.parse_args(argv)
+
+    paths = RescorePaths.from_env()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    log_file = Path(paths.home) / "logs" / f"demo-{stamp}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    say(f"RESCORE_HOME = {paths.home}")
+    ensure_airflow_db(paths, log_file)
+
+    from include.example_models import train_and_publish
+    from include.sample_data import generate
+    from spark_jobs.model_store import ModelStore
+
+    landing = Path(paths.landing)
+    if not landing.exists() or not any(landing.iterdir()):
+        say(f"generating {args.images} labelled sample images into {landing} ...")
+        generate(paths, count=args.images, seed=1)
+    else:
+        say(f"landing folder already has files ({landing}); not generating more")
+
+    store = ModelStore(paths.models)
+    if not store.versions(MODEL_NAME):
+        say("training the example CNN on freshly generated shapes and publishing it as version 1 ...")
+        version = train_and_publish(store, name=MODEL_NAME, seed=0)
+        say(f"published {MODEL_NAME} v{version} to {paths.models}/{MODEL_NAME}/{version}")
+
+    before = count_tables(paths)
+    say("running the image_scoring DAG (ingest -> score -> validate) on local Spark ...")
+    run = run_dag("image_scoring", log_file)
+    after = count_tables(paths)
+    if str(run.state) != "success":
+        say(f"image_scoring run {run.run_id} ended {run.state}: see {log_file}")
+        return 1
+
+    from spark_jobs.current import resolve_version
+
+    version = resolve_version(paths, store, MODEL_NAME, None)
+    key = (MODEL_NAME, version)
+    scored_now = after.predictions.get(key, 0) - before.predictions.get(key, 0)
+    correct, judged = accuracy(paths, version)
+    ingested_now = after.images - before.images
+    rejected_now = after.rejects - before.rejects
+    print()
+    say(f"done in {time.perf_counter() - started:.0f} s; image_scoring run {run.run_id}: {run.state}")
+    say(f"  ingested this run : {ingested_now} images ({rejected_now} rejected)"
+        + ("  - nothing new landed" if ingested_now == 0 and rejected_now == 0 else ""))
+    say(f"  scored this run   : {scored_now} with {MODEL_NAME} v{version}"
+        + ("  - nothing new to score" if scored_now == 0 else ""))
+    say(f"  tables now hold   : {after.images} images, {after.rejects} rejects, "
+        f"{after.predictions.get(key, 0)} predictions from v{version}")
+    if judged:
+        say(f"  accuracy vs generator labels: {correct}/{judged} = {correct / judged:.1%}")
+    say(f"  images table      : {paths.images}")
+    say(f"  rejects table     : {paths.rejects}")
+    say(f"  predictions table : {paths.predictions}/model_name={MODEL_NAME}/model_version={version}")
+    say(f"  validation reports: {paths.reports}/{MODEL_NAME}/{version}/")
+    say(f"  Airflow + Spark log of this demo: {log_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
