@@ -4,7 +4,8 @@
 Every hour: **ingest** the files that landed since the last run into the `images` table
 (exactly once, unreadable files to `rejects` with the reason), **score** every image that has no
 prediction yet from the model version readers currently use (the promoted version, else the
-registry's champion), then **validate** that version's predictions.
+registry's champion), then **validate** that version's predictions. The very first validated
+version is **promoted** so readers have predictions; later switches belong to `model_rescore`.
 
 Trigger with params to score with another model or version, or a different batch size.
 Every task is idempotent: a retry, a cleared task or a backfill never duplicates rows.
@@ -20,7 +21,12 @@ from typing import Any
 from airflow.sdk import Param, dag, task
 
 from rescore_airflow.model_registry import resolve_scoring_version
-from rescore_airflow.operators import IngestImagesOperator, ScoreImagesOperator, ValidatePredictionsOperator
+from rescore_airflow.operators import (
+    IngestImagesOperator,
+    PromotePredictionsOperator,
+    ScoreImagesOperator,
+    ValidatePredictionsOperator,
+)
 from rescore_airflow.settings import default_model_name
 
 
@@ -61,7 +67,13 @@ def image_scoring() -> None:
         model_name="{{ params.model_name }}",
         model_version="{{ ti.xcom_pull(task_ids='resolve_model_version') }}",
     )
-    [ingest, version] >> score >> validate
+    bootstrap = PromotePredictionsOperator(
+        task_id="promote_if_first",
+        model_name="{{ params.model_name }}",
+        model_version="{{ ti.xcom_pull(task_ids='resolve_model_version') }}",
+        only_if_unpromoted=True,
+    )
+    [ingest, version] >> score >> validate >> bootstrap
 
 
 image_scoring()

@@ -60,8 +60,9 @@ def ensure_airflow_db(paths: RescorePaths, log_file: Path) -> None:
         return
     say(f"creating the Airflow metadata database in {airflow_home} ...")
     with log_file.open("ab") as fh:
-        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
-                       stdout=fh, stderr=fh)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, stdout=fh, stderr=fh
+        )
 
 
 def run_dag(dag_id: str, log_file: Path, conf: dict[str, Any] | None = None) -> Any:
@@ -88,9 +89,11 @@ def _rows(path: str, columns: list[str]) -> list[dict[str, Any]]:
 
     if not Path(path).exists():
         return []
-    fields = [("model_name", pa.string()), ("model_version", pa.string())] if path.endswith("predictions") else [
-        ("ingest_batch", pa.string())
-    ]
+    fields = (
+        [("model_name", pa.string()), ("model_version", pa.string())]
+        if path.endswith("predictions")
+        else [("ingest_batch", pa.string())]
+    )
     dataset = ds.dataset(path, format="parquet", partitioning=ds.partitioning(pa.schema(fields), flavor="hive"))
     rows: list[dict[str, Any]] = dataset.to_table(columns=columns).to_pylist()
     return rows
@@ -169,12 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     rejected_now = after.rejects - before.rejects
     print()
     say(f"done in {time.perf_counter() - started:.0f} s; image_scoring run {run.run_id}: {run.state}")
-    say(f"  ingested this run : {ingested_now} images ({rejected_now} rejected)"
-        + ("  - nothing new landed" if ingested_now == 0 and rejected_now == 0 else ""))
-    say(f"  scored this run   : {scored_now} with {MODEL_NAME} v{version}"
-        + ("  - nothing new to score" if scored_now == 0 else ""))
-    say(f"  tables now hold   : {after.images} images, {after.rejects} rejects, "
-        f"{after.predictions.get(key, 0)} predictions from v{version}")
+    say(
+        f"  ingested this run : {ingested_now} images ({rejected_now} rejected)"
+        + ("  - nothing new landed" if ingested_now == 0 and rejected_now == 0 else "")
+    )
+    say(
+        f"  scored this run   : {scored_now} with {MODEL_NAME} v{version}"
+        + ("  - nothing new to score" if scored_now == 0 else "")
+    )
+    say(
+        f"  tables now hold   : {after.images} images, {after.rejects} rejects, "
+        f"{after.predictions.get(key, 0)} predictions from v{version}"
+    )
     if judged:
         say(f"  accuracy vs generator labels: {correct}/{judged} = {correct / judged:.1%}")
     say(f"  images table      : {paths.images}")

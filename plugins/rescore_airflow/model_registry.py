@@ -11,3 +11,11 @@ def resolve_scoring_version(model_name: str, requested: str | None = None) -> st
     """The version a scoring run uses: ``requested`` if given, else the promoted one, else the champion."""
     paths = settings.paths()
     return resolve_version(paths, ModelStore(paths.models), model_name, requested)
+
+
+def fetch_champion_version(model_name: str, version: str, registry_conn_id: str = "rescore_registry") -> str:
+    """Make ``version`` available in the model store folder the Spark driver reads; returns it."""
+    from rescore_airflow.hooks import ModelRegistryHook
+
+    ModelRegistryHook(registry_conn_id=registry_conn_id).fetch_version(model_name, version)
+    return version

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
 
 from rescore_airflow import settings
 from rescore_airflow.packaging import build_spark_jobs_zip
@@ -165,3 +167,59 @@ class ValidatePredictionsOperator(_ModelJobOperator):
     """
 
     job = "validate"
+
+
+class PromotePredictionsOperator(BaseOperator):
+    """Switch readers to a validated model version in one atomic step, then prune old versions.
+
+    Runs in the Airflow worker (a pointer rename needs no Spark). Refuses a version without
+    predictions or whose newest validation report failed, so the old version stays current.
+
+    :param model_name: model to promote (templated).
+    :param model_version: version to promote (templated).
+    :param keep_versions: how many versions' predictions to keep, the promoted one included (templated).
+    :param rescore_home: root of tables and reports (templated); default ``$RESCORE_HOME``.
+    :param only_if_unpromoted: promote only when no version of the model is promoted yet.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "model_version", "keep_versions", "rescore_home")
+    ui_color = "#e3ecfa"
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        model_version: str,
+        keep_versions: int | str = 3,
+        rescore_home: str | None = None,
+        only_if_unpromoted: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.model_version = model_version
+        self.keep_versions = keep_versions
+        self.only_if_unpromoted = only_if_unpromoted
+        self.rescore_home = rescore_home or settings.rescore_home()
+
+    def execute(self, context: Context) -> str:
+        from spark_jobs.promote import PromotionError, promote
+
+        try:
+            result = promote(
+                RescorePaths(self.rescore_home),
+                self.model_name,
+                str(self.model_version),
+                keep_versions=int(self.keep_versions),
+                only_if_unpromoted=self.only_if_unpromoted,
+            )
+        except PromotionError as exc:
+            raise AirflowException(str(exc)) from exc
+        self.log.info(
+            "readers of %s now use v%s (previously %s); deleted old versions: %s",
+            result.model_name,
+            result.version,
+            result.previous or "none",
+            result.deleted_versions or "none",
+        )
+        return result.version

@@ -57,8 +57,9 @@ elapsed = time.perf_counter() - started
 print(json.dumps({{"seconds": elapsed, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
 """
     # When the DAG file is executed
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
-                         env=os.environ.copy(), timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, env=os.environ.copy(), timeout=120
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # Then it pulled in no heavy module and parsed within the budget
     assert result["heavy"] == [], f"{dag_file.name} imports {result['heavy']} at parse time"

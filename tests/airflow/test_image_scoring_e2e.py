@@ -21,8 +21,9 @@ def _predictions(paths: RescorePaths) -> list[dict]:  # type: ignore[type-arg]
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    partitioning = ds.partitioning(pa.schema([("model_name", pa.string()), ("model_version", pa.string())]),
-                                   flavor="hive")
+    partitioning = ds.partitioning(
+        pa.schema([("model_name", pa.string()), ("model_version", pa.string())]), flavor="hive"
+    )
     table = ds.dataset(paths.predictions, format="parquet", partitioning=partitioning).to_table(
         columns=["image_id", "label", "model_name", "model_version", "run_id"]
     )

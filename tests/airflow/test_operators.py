@@ -70,8 +70,9 @@ def test_empty_model_version_is_left_to_the_job() -> None:
     from rescore_airflow.operators import ValidatePredictionsOperator
 
     # Given a version param that rendered to nothing (the DAG's "use the promoted version")
-    op = ValidatePredictionsOperator(task_id="validate", rescore_home=HOME, run_label="r", model_name="m",
-                                     model_version="")
+    op = ValidatePredictionsOperator(
+        task_id="validate", rescore_home=HOME, run_label="r", model_name="m", model_version=""
+    )
     # Then no --model-version flag is passed
     assert op.spark_submit_command()[-6:] == ["--home", HOME, "--run-id", "r", "--model-name", "m"]
 
