@@ -2,10 +2,13 @@
 
 1. generate labelled sample images into ``$RESCORE_HOME/landing`` (first run only);
 2. train the example CNN and publish it as version 1 (first run only);
-3. run the ``image_scoring`` DAG (ingest -> score -> validate) on local Spark;
-4. print what happened and where the results are.
+3. run the ``image_scoring`` DAG (ingest -> score -> validate -> promote the first version);
+4. train and publish version 2 as the new champion (first run only);
+5. run the ``model_rescore`` DAG: its sensor notices the new champion, re-scores every image
+   with v2, validates v2 against v1 and promotes v2;
+6. print what happened and where the results and reports are.
 
-Run it twice: the second run finds nothing new to ingest or score and says so.
+Run it twice: the second run finds nothing new to ingest, score or re-score and says so.
 Airflow's and Spark's own output goes to ``$RESCORE_HOME/logs/demo-*.log``.
 """
 
@@ -155,42 +158,68 @@ def main(argv: list[str] | None = None) -> int:
         say(f"published {MODEL_NAME} v{version} to {paths.models}/{MODEL_NAME}/{version}")
 
     before = count_tables(paths)
-    say("running the image_scoring DAG (ingest -> score -> validate) on local Spark ...")
+    say("running the image_scoring DAG (ingest -> score -> validate -> promote first version) on local Spark ...")
     run = run_dag("image_scoring", log_file)
     after = count_tables(paths)
     if str(run.state) != "success":
         say(f"image_scoring run {run.run_id} ended {run.state}: see {log_file}")
         return 1
 
-    from spark_jobs.current import resolve_version
+    from spark_jobs.current import current_version, resolve_version
 
     version = resolve_version(paths, store, MODEL_NAME, None)
     key = (MODEL_NAME, version)
     scored_now = after.predictions.get(key, 0) - before.predictions.get(key, 0)
-    correct, judged = accuracy(paths, version)
     ingested_now = after.images - before.images
     rejected_now = after.rejects - before.rejects
-    print()
-    say(f"done in {time.perf_counter() - started:.0f} s; image_scoring run {run.run_id}: {run.state}")
+    say(f"image_scoring run {run.run_id}: {run.state}")
     say(
-        f"  ingested this run : {ingested_now} images ({rejected_now} rejected)"
+        f"  ingested : {ingested_now} images, {rejected_now} rejected"
         + ("  - nothing new landed" if ingested_now == 0 and rejected_now == 0 else "")
     )
     say(
-        f"  scored this run   : {scored_now} with {MODEL_NAME} v{version}"
+        f"  scored   : {scored_now} with {MODEL_NAME} v{version}"
         + ("  - nothing new to score" if scored_now == 0 else "")
     )
+
+    if len(store.versions(MODEL_NAME)) == 1:
+        say("training version 2 (another seed) and publishing it as the new champion ...")
+        new_version = train_and_publish(store, name=MODEL_NAME, seed=1)
+        say(f"published {MODEL_NAME} v{new_version}; it is now the champion")
+
+    from rescore_airflow.registry import FolderRegistry, pending_champion
+
+    pending = pending_champion(FolderRegistry(paths.models), paths, MODEL_NAME)
+    if pending is None:
+        say(f"model_rescore: the champion (v{store.champion(MODEL_NAME)}) is already promoted; nothing to re-score")
+    else:
+        say(f"running the model_rescore DAG: sensor -> re-score with v{pending} -> validate -> promote ...")
+        rescore = run_dag("model_rescore", log_file)
+        if str(rescore.state) != "success":
+            say(f"model_rescore run {rescore.run_id} ended {rescore.state}: see {log_file}")
+            return 1
+        say(
+            f"model_rescore run {rescore.run_id}: {rescore.state}; readers now use v{current_version(paths, MODEL_NAME)}"
+        )
+
+    final = count_tables(paths)
+    promoted = current_version(paths, MODEL_NAME) or version
+    correct, judged = accuracy(paths, promoted)
+    print()
+    say(f"done in {time.perf_counter() - started:.0f} s")
+    say(f"  promoted version  : {MODEL_NAME} v{promoted} (pointer: {paths.current})")
     say(
-        f"  tables now hold   : {after.images} images, {after.rejects} rejects, "
-        f"{after.predictions.get(key, 0)} predictions from v{version}"
+        f"  tables now hold   : {final.images} images, {final.rejects} rejects, "
+        + ", ".join(f"{n} predictions from v{v}" for (m, v), n in sorted(final.predictions.items()) if m == MODEL_NAME)
     )
     if judged:
-        say(f"  accuracy vs generator labels: {correct}/{judged} = {correct / judged:.1%}")
+        say(f"  accuracy of v{promoted} vs generator labels: {correct}/{judged} = {correct / judged:.1%}")
     say(f"  images table      : {paths.images}")
     say(f"  rejects table     : {paths.rejects}")
-    say(f"  predictions table : {paths.predictions}/model_name={MODEL_NAME}/model_version={version}")
-    say(f"  validation reports: {paths.reports}/{MODEL_NAME}/{version}/")
+    say(f"  predictions       : {paths.predictions}/model_name={MODEL_NAME}/model_version={promoted}")
+    say(f"  validation reports: {paths.reports}/{MODEL_NAME}/")
     say(f"  Airflow + Spark log of this demo: {log_file}")
+    say("  read the current predictions: see README 'Read the results'")
     return 0
 
 
