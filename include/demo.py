@@ -198,9 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         if str(rescore.state) != "success":
             say(f"model_rescore run {rescore.run_id} ended {rescore.state}: see {log_file}")
             return 1
-        say(
-            f"model_rescore run {rescore.run_id}: {rescore.state}; readers now use v{current_version(paths, MODEL_NAME)}"
-        )
+        promoted_now = current_version(paths, MODEL_NAME)
+        say(f"model_rescore run {rescore.run_id}: {rescore.state}; readers now use v{promoted_now}")
 
     final = count_tables(paths)
     promoted = current_version(paths, MODEL_NAME) or version
