@@ -18,11 +18,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test lint typecheck unit bench lock clean-home help
+.PHONY: install demo test lint typecheck unit bench lock clean-home help airflow
 
 help:
 	@echo "make demo   - install (if needed) and run the whole story on the embedded defaults"
 	@echo "make test   - install (if needed), lint, type-check and run the test suite"
+	@echo "make airflow - the Airflow UI and scheduler on 127.0.0.1:8080 (embedded SQLite setup)"
 	@echo "make bench  - benchmarks, results under docs/benchmarks/"
 	@echo "make lock   - regenerate requirements.lock from requirements.in"
 
@@ -37,6 +38,10 @@ $(STAMP): requirements.lock
 
 demo: install
 	$(BIN)/python -m include.demo
+
+# The embedded Airflow on 127.0.0.1:8080 (SQLite, LocalExecutor); Ctrl-C stops every component.
+airflow: install
+	include/airflow_local.sh
 
 lint: install
 	$(BIN)/ruff check .
