@@ -18,7 +18,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test lint typecheck unit bench lock clean-home help airflow
+.PHONY: install demo test lint typecheck unit bench lock clean-home help airflow cluster-up cluster-down
 
 help:
 	@echo "make demo   - install (if needed) and run the whole story on the embedded defaults"
@@ -42,6 +42,13 @@ demo: install
 # The embedded Airflow on 127.0.0.1:8080 (SQLite, LocalExecutor); Ctrl-C stops every component.
 airflow: install
 	include/airflow_local.sh
+
+# A standalone Spark cluster on 127.0.0.1 (master :7077, two 1-core workers), logs under $RESCORE_HOME/cluster.
+cluster-up: install
+	include/cluster.sh up
+
+cluster-down:
+	include/cluster.sh down
 
 lint: install
 	$(BIN)/ruff check .
