@@ -10,14 +10,16 @@ from __future__ import annotations
 from airflow.plugins_manager import AirflowPlugin
 
 from rescore_airflow.links import ValidationReportLink
-from rescore_airflow.operators import ValidatePredictionsOperator
-
-# Deserialised DAGs (the API server's view) attach the link to tasks of these operator classes.
-ValidationReportLink.operators = [ValidatePredictionsOperator]
 
 
 class RescorePlugin(AirflowPlugin):
-    """Registers the link from a validate task to its validation report."""
+    """Registers the link from a validate task to its validation report.
+
+    The link is computed in the worker when the task ends (``ValidatePredictionsOperator``
+    declares it) and stored in XCom, which the UI reads. It names no ``operators`` on purpose:
+    a plugin link bound to an operator replaces that stored value in the API server and would be
+    computed there instead, where the task's XCom is not reachable through the Task SDK.
+    """
 
     name = "rescore"
     operator_extra_links = [ValidationReportLink()]  # noqa: RUF012 (AirflowPlugin's declared type)
