@@ -49,6 +49,8 @@ log = logging.getLogger("rescore.validate")
 REPORT_SCHEMA_VERSION = 2
 #: How many ids (missing, duplicate) and changed images a report lists.
 SAMPLE_IDS = 5
+#: The prediction columns validation reads; any others are ignored.
+VALIDATED_COLUMNS = ("image_id", "label", "score", "probabilities", "error", "model_version")
 #: Bins of the score histogram over [0, 1]; the drift measures compare these bins.
 SCORE_BINS = 10
 
@@ -223,7 +225,12 @@ def validate_predictions(
 
     started = time.perf_counter()
     in_scope = scope_images(images, from_date, to_date).select("image_id").distinct().cache()
-    of_model = predictions.where(F.col("model_name") == model_name).join(in_scope, "image_id", "left_semi")
+    # Only the contract's columns: wider tables (top-k, embeddings) are not cached for nothing.
+    of_model = (
+        predictions.where(F.col("model_name") == model_name)
+        .select(*VALIDATED_COLUMNS)
+        .join(in_scope, "image_id", "left_semi")
+    )
     version_rows = of_model.where(F.col("model_version") == model_version).cache()
     try:
         metrics: dict[str, Any] = {

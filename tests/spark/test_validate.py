@@ -203,9 +203,13 @@ def test_the_date_range_limits_the_images_in_scope(spark: Any) -> None:
 def _home(spark: Any, home: Path, v2: dict, v1: dict) -> RescorePaths:  # type: ignore[type-arg]
     paths = RescorePaths(str(home))
     spark.createDataFrame(IMAGES, IMAGES_SCHEMA).write.mode("overwrite").parquet(paths.images)
-    spark.createDataFrame(_rows("2", v2) + _rows("1", v1), PREDICTIONS_SCHEMA).write.partitionBy(
-        "model_name", "model_version"
-    ).mode("overwrite").parquet(paths.predictions)
+    from pyspark.sql import functions as F
+
+    # an extra column (as top-k or embeddings would add) is ignored
+    predictions = spark.createDataFrame(_rows("2", v2) + _rows("1", v1), PREDICTIONS_SCHEMA)
+    predictions.withColumn("embedding", F.array(F.lit(0.5))).write.partitionBy("model_name", "model_version").mode(
+        "overwrite"
+    ).parquet(paths.predictions)
     weights = home / "w.safetensors"
     weights.write_bytes(b"not read by validate")
     store = ModelStore(paths.models)
