@@ -45,7 +45,7 @@ def report_url(report_file: str | os.PathLike[str], reports_dir: str | os.PathLi
 
 
 class ValidationReportLink(BaseOperatorLink):
-    """ "Validation report" button on a validate task: the URL the task pushed to XCom."""
+    """The "Validation report" button on a validate task: the URL the task pushed to XCom."""
 
     name = "Validation report"
 
