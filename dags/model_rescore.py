@@ -11,6 +11,12 @@ the run is triggered with `retry_failed`.
 Making an older, already scored version champion (a rollback) promotes it without recomputing:
 re-scoring only scores images that have no prediction from that version.
 
+Validation gates and their thresholds: `include/validation/gates.toml` (or the file named by
+`$RESCORE_GATES_CONFIG`); trigger with `max_label_change_share`, `max_psi`, ... to override one for
+this run (then also `retry_failed` if that champion already failed). The validate task's
+**Validation report** link opens the HTML report (old vs new label shares, score histograms,
+confusion table).
+
 The registry is the `rescore_registry` connection (default: the model store folder).
 """
 
@@ -22,7 +28,13 @@ from typing import Any
 from airflow.sdk import Param, dag, task
 
 from rescore_airflow.model_registry import fetch_champion_version
-from rescore_airflow.operators import PromotePredictionsOperator, ScoreImagesOperator, ValidatePredictionsOperator
+from rescore_airflow.operators import (
+    PromotePredictionsOperator,
+    ScoreImagesOperator,
+    ValidatePredictionsOperator,
+    validation_params,
+    validation_thresholds_from_params,
+)
 from rescore_airflow.sensors import ModelVersionSensor
 from rescore_airflow.settings import default_model_name
 
@@ -43,6 +55,7 @@ NEW_VERSION = "{{ ti.xcom_pull(task_ids='wait_for_new_champion') }}"
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="Images per model batch."),
         "keep_versions": Param(3, type="integer", minimum=1, description="Versions of predictions to keep."),
         "retry_failed": Param(False, type="boolean", description="Re-score a champion that failed validation."),
+        **validation_params(),
     },
 )
 def model_rescore() -> None:
@@ -68,7 +81,10 @@ def model_rescore() -> None:
         batch_size="{{ params.batch_size }}",
     )
     validate = ValidatePredictionsOperator(
-        task_id="validate", model_name="{{ params.model_name }}", model_version=NEW_VERSION
+        task_id="validate",
+        model_name="{{ params.model_name }}",
+        model_version=NEW_VERSION,
+        thresholds=validation_thresholds_from_params(),
     )
     promote = PromotePredictionsOperator(
         task_id="promote",
