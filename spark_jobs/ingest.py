@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import io
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -140,21 +141,22 @@ def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PI
                         reason=f"decompression bomb: {width}x{height} = {width * height} pixels is more than "
                         f"max_pixels={max_pixels}; raise --max-pixels if this image is genuine",
                     )
+                # The header is enough to accept a JPEG, but a cut-off upload lacks the end marker.
+                if fmt in ("JPEG", "MPO") and not _ends_with_jpeg_marker(stream):
+                    return ImageFacts(
+                        width,
+                        height,
+                        fmt,
+                        mode,
+                        reason="truncated JPEG: the end-of-image marker is missing; the file was cut off, "
+                        "land it again",
+                    )
                 if img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
                     width, height = height, width  # stored sideways: record the size as displayed
-                if fmt in ("JPEG", "MPO"):
-                    # The header is enough to accept a JPEG, but a cut-off upload lacks the end marker.
-                    if not _ends_with_jpeg_marker(stream):
-                        return ImageFacts(
-                            width,
-                            height,
-                            fmt,
-                            mode,
-                            reason="truncated JPEG: the end-of-image marker is missing; the file was cut off, "
-                            "land it again",
-                        )
-                else:
-                    img.verify()  # walks chunks/structures (CRC for PNG) without decoding pixels
+            if fmt not in ("JPEG", "MPO"):
+                stream.seek(0)  # verify() must come straight after open; reading EXIF above moved on
+                with Image.open(stream) as fresh:
+                    fresh.verify()  # walks chunks/structures (CRC for PNG) without decoding pixels
     except UnidentifiedImageError:
         return ImageFacts(
             reason="not an image: Pillow does not recognise the format; remove it from the landing "
@@ -164,6 +166,8 @@ def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PI
         return ImageFacts(reason=f"decompression bomb: {exc}; raise --max-pixels if this image is genuine")
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return ImageFacts(reason=f"truncated or corrupt image: {exc}; land the file again")
+    except Exception as exc:  # a hostile file must become a reject, never a failed ingest
+        return ImageFacts(reason=f"corrupt image ({type(exc).__name__}: {exc}); land the file again")
     finally:
         Image.MAX_IMAGE_PIXELS = default_limit
     return ImageFacts(width, height, fmt, mode)
@@ -337,6 +341,71 @@ def first_sightings(accepted: DataFrame, known_ids: DataFrame | None) -> DataFra
     return new.withColumn("_n", F.row_number().over(first)).where(F.col("_n") == 1).drop("_n")
 
 
+def _read_lines(spark: SparkSession, path: str) -> list[str] | None:
+    """The lines of a small text file through Hadoop's FileSystem, None when it does not exist."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(hadoop_path):
+        return None
+    stream = fs.open(hadoop_path)
+    try:
+        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+        lines = []
+        line = reader.readLine()
+        while line is not None:
+            lines.append(str(line))
+            line = reader.readLine()
+        return lines
+    finally:
+        stream.close()
+
+
+def _uri_to_listed(uri: str) -> str:
+    """A source-log path (``file:///a%20b.jpg``) spelled as the ``binaryFile`` column has it (``file:/a b.jpg``)."""
+    from urllib.parse import unquote
+
+    text = unquote(uri)
+    return "file:/" + text[len("file:///") :] if text.startswith("file:///") else text
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What the checkpoint says a micro-batch holds: its planned time and every file it took."""
+
+    batch_time: datetime
+    files: dict[str, int]  # path as binaryFile lists it -> modification time (ms)
+
+
+def planned_batch(spark: SparkSession, checkpoint: str, batch_id: int) -> BatchPlan | None:
+    """Read a micro-batch's offset and file-source log entries from the checkpoint."""
+    import json
+    from datetime import UTC
+
+    offsets = _read_lines(spark, f"{checkpoint}/offsets/{batch_id}")
+    if offsets is None or len(offsets) < 3:
+        return None
+    batch_time = datetime.fromtimestamp(json.loads(offsets[1])["batchTimestampMs"] / 1000, tz=UTC)
+    log_offset = int(json.loads(offsets[2])["logOffset"])
+    entries = _read_lines(spark, f"{checkpoint}/sources/0/{log_offset}")
+    if entries is None:
+        entries = _read_lines(spark, f"{checkpoint}/sources/0/{log_offset}.compact") or []
+    files = {}
+    for line in entries[1:]:
+        entry = json.loads(line)
+        if int(entry["batchId"]) == log_offset:
+            files[_uri_to_listed(entry["path"])] = int(entry["timestamp"])
+    return BatchPlan(batch_time, files)
+
+
+def _reason_not_read(path: str) -> str:
+    local = local_path(path)
+    if local is not None and not os.path.exists(local):
+        return "vanished: the file was deleted or renamed after it landed; land it again"
+    return "empty file (0 bytes): the upload was probably interrupted; land it again"
+
+
 def write_batch(
     spark: SparkSession,
     files: DataFrame,
@@ -348,17 +417,32 @@ def write_batch(
     max_file_bytes: int,
     read_locally: bool = True,
     modified_after: datetime | None = None,
+    checkpoint: str | None = None,
 ) -> IngestCounts:
     """Check and store one micro-batch; idempotent for a given ``batch_id``.
 
-    ``files`` is the stream's batch plus ``batch_time`` (the batch's planned timestamp).
+    ``files`` is the stream's batch plus ``batch_time`` (the batch's planned timestamp). With the
+    ``checkpoint``, files the stream took but Spark's reader left out (it skips zero-byte files) are
+    found from the checkpoint's file log and rejected too, so every file taken is accounted for.
     """
     from pyspark.sql import functions as F
 
     skipped = 0
+    not_read: list[tuple[str, int, str, datetime, str]] = []
+    plan = planned_batch(spark, checkpoint, batch_id) if checkpoint else None
+    if plan is not None:
+        read = {r.path for r in files.select("path").collect()}
+        cutoff = modified_after.timestamp() * 1000 if modified_after is not None else None
+        for path, modified_ms in sorted(plan.files.items()):
+            if path in read:
+                continue
+            if cutoff is not None and modified_ms <= cutoff:
+                skipped += 1
+                continue
+            not_read.append((path, 0, _reason_not_read(path), plan.batch_time, run_id))
     if modified_after is not None:
         older = F.col("modificationTime") <= F.lit(modified_after)
-        skipped = files.where(older).count()
+        skipped += files.where(older).count()
         files = files.where(~older)
     batch_time = files.select("path", "batch_time")
     inspected = (
@@ -371,7 +455,7 @@ def write_batch(
     try:
         accepted = inspected.where(F.col("reason").isNull())
         images = first_sightings(accepted, _existing_ids(spark, paths.images, batch_id)).select(*_COLUMNS["images"])
-        # Known ids are read before this batch's partition is (re)written: Spark plans lazily.
+        # Materialised before this batch's partition is (re)written, as it reads the same table.
         images = images.persist()
         accepted_count = images.count()
         images.write.mode("overwrite").parquet(f"{paths.images}/ingest_batch={batch_id}")
@@ -380,9 +464,11 @@ def write_batch(
             f"{paths.image_paths}/ingest_batch={batch_id}"
         )
         rejects = inspected.where(F.col("reason").isNotNull()).select(*_COLUMNS["rejects"])
+        if not_read:
+            rejects = rejects.unionByName(spark.createDataFrame(not_read, REJECTS_SCHEMA))
         rejects.write.mode("overwrite").parquet(f"{paths.rejects}/ingest_batch={batch_id}")
-        seen = inspected.count()
-        rejected = inspected.where(F.col("reason").isNotNull()).count()
+        seen = inspected.count() + len(not_read)
+        rejected = inspected.where(F.col("reason").isNotNull()).count() + len(not_read)
     finally:
         inspected.unpersist()
     counts = IngestCounts(
@@ -512,6 +598,7 @@ def ingest_landing(
                 max_file_bytes=max_file_bytes,
                 read_locally=read_locally,
                 modified_after=modified_after,
+                checkpoint=checkpoint,
             )
         )
         if after_batch_written is not None:
@@ -527,7 +614,10 @@ def ingest_landing(
         query.awaitTermination()
     except StreamingQueryException as exc:
         message = str(exc)
-        if "malformed" in message.lower() or "checkpoint" in message.lower().split("=== streaming query")[0]:
+        head = message.split("=== Streaming Query ===", maxsplit=1)[0]
+        if "FOREACH_BATCH_USER_FUNCTION_ERROR" not in head and (
+            checkpoint in head or any(word in head.lower() for word in ("malformed", "log file", "checkpoint"))
+        ):
             raise JobError(
                 f"checkpoint {checkpoint} is unreadable ({message.splitlines()[0]}): restore it from a backup"
             ) from exc
