@@ -457,6 +457,8 @@ def ingest_records(
         _check_path_column(schema, path_column, landing)
         stream = spark.readStream.format(source).schema(schema)
     stream_df = stream.options(**options).load(landing).withColumn("batch_time", F.current_timestamp())
+    if source != "tfrecord":
+        stream_df = stream_df.withColumn("source_path", F.col("_metadata.file_path"))
     read_locally = local_path(landing) is not None
     totals = {"files": 0, "rows": 0, "rejected": 0}
 
@@ -492,8 +494,7 @@ def ingest_records(
                 parsed.unpersist()
         else:
             rows = (
-                batch.withColumn("source_path", F.col("_metadata.file_path"))
-                .withColumn("ingested_at", F.col("batch_time"))
+                batch.withColumn("ingested_at", F.col("batch_time"))
                 .withColumn("ingest_run", F.lit(run_id))
                 .drop("batch_time")
             )

@@ -19,6 +19,8 @@ def _write_tfrecord(path: Path, records: list[dict[str, Any]]) -> None:
     import tensorflow as tf
 
     def feature(value: Any) -> tf.train.Feature:
+        if value == []:  # an empty list is written as an empty float list in these tests
+            return tf.train.Feature(float_list=tf.train.FloatList(value=[]))
         values = value if isinstance(value, list) else [value]
         if all(isinstance(v, bytes) for v in values):
             return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
