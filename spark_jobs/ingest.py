@@ -430,28 +430,30 @@ def write_batch(
     skipped = 0
     not_read: list[tuple[str, int, str, datetime, str]] = []
     plan = planned_batch(spark, checkpoint, batch_id) if checkpoint else None
+    if plan is not None or modified_after is not None:
+        listing = files.select("path", "modificationTime").collect()  # one pass over the file listing
+        if modified_after is not None:
+            skipped = sum(1 for r in listing if r.modificationTime <= modified_after)
+            files = files.where(F.col("modificationTime") > F.lit(modified_after))
+        if plan is not None:
+            read = {r.path for r in listing}
+            cutoff = modified_after.timestamp() * 1000 if modified_after is not None else None
+            for path, modified_ms in sorted(plan.files.items()):
+                if path in read:
+                    continue
+                if cutoff is not None and modified_ms <= cutoff:
+                    skipped += 1
+                    continue
+                not_read.append((path, 0, _reason_not_read(path), plan.batch_time, run_id))
+    checked = inspect_files(files, max_pixels=max_pixels, max_file_bytes=max_file_bytes, read_locally=read_locally)
     if plan is not None:
-        read = {r.path for r in files.select("path").collect()}
-        cutoff = modified_after.timestamp() * 1000 if modified_after is not None else None
-        for path, modified_ms in sorted(plan.files.items()):
-            if path in read:
-                continue
-            if cutoff is not None and modified_ms <= cutoff:
-                skipped += 1
-                continue
-            not_read.append((path, 0, _reason_not_read(path), plan.batch_time, run_id))
-    if modified_after is not None:
-        older = F.col("modificationTime") <= F.lit(modified_after)
-        skipped += files.where(older).count()
-        files = files.where(~older)
-    batch_time = files.select("path", "batch_time")
-    inspected = (
-        inspect_files(files, max_pixels=max_pixels, max_file_bytes=max_file_bytes, read_locally=read_locally)
-        .join(batch_time, "path")
-        .withColumn("ingested_at", F.col("batch_time"))
-        .withColumn("ingest_run", F.lit(run_id))
-        .persist()
-    )
+        # The checkpoint's batch time is the value current_timestamp() has in the stream: no join needed.
+        checked = checked.withColumn("ingested_at", F.lit(plan.batch_time).cast("timestamp"))
+    else:
+        checked = checked.join(files.select("path", "batch_time"), "path").withColumn(
+            "ingested_at", F.col("batch_time")
+        )
+    inspected = checked.withColumn("ingest_run", F.lit(run_id)).persist()
     try:
         accepted = inspected.where(F.col("reason").isNull())
         images = first_sightings(accepted, _existing_ids(spark, paths.images, batch_id)).select(*_COLUMNS["images"])
@@ -541,6 +543,10 @@ def check_checkpoint(spark: SparkSession, checkpoint: str, paths: RescorePaths, 
         )
 
 
+def _listing_tasks(spark: SparkSession) -> int:
+    return max(2, spark.sparkContext.defaultParallelism)
+
+
 def ingest_landing(
     spark: SparkSession,
     *,
@@ -570,6 +576,9 @@ def ingest_landing(
     from pyspark.sql import functions as F
 
     check_checkpoint(spark, checkpoint, paths)
+    # Each micro-batch lists its files as separate paths; Spark's default turns that into one
+    # listing task per file (thousands of tasks). A few tasks do the same work.
+    spark.conf.set("spark.sql.sources.parallelPartitionDiscovery.parallelism", str(_listing_tasks(spark)))
     reader = (
         spark.readStream.format("binaryFile")
         .schema(BINARY_FILE_SCHEMA)

@@ -108,7 +108,7 @@ def render(
             f"| Spark ingest (stream, door check, dedup, 3 Parquet tables) | {spark[0]} | {spark[1]:.2f} | "
             f"{spark_rate:.0f} |",
             "",
-            f"Spark ingest / plain loop: **{spark_rate / loop_rate:.2f}x** "
+            f"Spark ingest / plain loop: **{spark_rate / loop_rate:.3g}x** "
             f"({spark[2]} images accepted, every file seen once).",
             "",
             "The loop is the floor of work any ingest must do; Spark ingest also verifies each file's structure,",

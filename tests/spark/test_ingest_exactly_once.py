@@ -87,11 +87,15 @@ def test_a_file_landing_mid_run_is_taken_by_the_next_run_exactly_once(spark: Spa
 def test_a_run_that_crashes_before_its_checkpoint_commits_is_replayed_to_identical_tables(
     spark: SparkSession, rescore_home: Path
 ) -> None:
+    import time
+
     landing = rescore_home / "landing"
-    for i, name in enumerate(["a.png", "b.png", "c.png", "d.png"]):
-        _land(landing, name, _png(10 * i))
-    _land(landing, "e-copy-of-a.png", _png(0))  # same bytes as a.png, lands in the second batch
-    _land(landing, "f.txt", b"not an image")
+    landed = [_land(landing, name, _png(10 * i)) for i, name in enumerate(["a.png", "b.png", "c.png", "d.png"])]
+    landed.append(_land(landing, "e-copy-of-a.png", _png(0)))  # same bytes as a.png, in the second batch
+    landed.append(_land(landing, "f.txt", b"not an image"))
+    # The stream takes files oldest first: distinct times make the two batches a-c and d-f.
+    for i, path in enumerate(landed):
+        os.utime(path, (time.time() - 100 + i, time.time() - 100 + i))
 
     # Given a run that dies after writing its second batch's partitions, before Spark commits it
     def crash(batch_id: int) -> None:
