@@ -91,40 +91,83 @@ class RescoreSparkSubmitOperator(SparkSubmitOperator):
 class IngestImagesOperator(RescoreSparkSubmitOperator):
     """Load the files that arrived in the landing folder into the ``images`` table, once each.
 
+    With ``source`` other than ``images`` it loads Parquet, CSV, JSON or TFRecord files into
+    ``warehouse/records/<table_name>`` instead (see ``docs/ingest.md``).
+
     :param landing: folder or Hadoop URI to read (templated); default ``<home>/landing``.
+    :param source: ``images`` (default), ``parquet``, ``csv``, ``json`` or ``tfrecord``.
+    :param table_name: record sources: table name under ``warehouse/records`` (default: the source).
+    :param path_column: record sources: the column holding image paths, checked to exist.
+    :param checkpoint: stream checkpoint folder; default ``<home>/checkpoints/ingest``.
     :param max_pixels: images with more pixels are rejected as decompression bombs.
     :param max_file_bytes: larger files are stored by path only.
     :param path_glob: only take files whose name matches (templated), e.g. ``*.jpg``.
+    :param recursive: descend into sub-folders of the landing folder (default True).
+    :param modified_after: ignore files modified at or before this ISO 8601 time (templated).
+    :param max_files_per_batch: files per micro-batch (each batch is one partition of the tables).
     """
 
     job = "ingest"
-    template_fields: Sequence[str] = (*RescoreSparkSubmitOperator.template_fields, "landing", "path_glob")
+    template_fields: Sequence[str] = (
+        *RescoreSparkSubmitOperator.template_fields,
+        "landing",
+        "path_glob",
+        "modified_after",
+    )
 
     def __init__(
         self,
         *,
         landing: str | None = None,
+        source: str = "images",
+        table_name: str | None = None,
+        path_column: str | None = None,
+        checkpoint: str | None = None,
         max_pixels: int | None = None,
         max_file_bytes: int | None = None,
         path_glob: str | None = None,
+        recursive: bool = True,
+        modified_after: str | None = None,
+        max_files_per_batch: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.landing = landing
+        self.source = source
+        self.table_name = table_name
+        self.path_column = path_column
+        self.checkpoint = checkpoint
         self.max_pixels = max_pixels
         self.max_file_bytes = max_file_bytes
         self.path_glob = path_glob
+        self.recursive = recursive
+        self.modified_after = modified_after
+        self.max_files_per_batch = max_files_per_batch
 
     def job_arguments(self) -> list[str]:
         args = super().job_arguments()
         if self.landing:
             args += ["--landing", self.landing]
+        if self.source != "images":
+            args += ["--source", self.source]
+        if self.table_name:
+            args += ["--name", self.table_name]
+        if self.path_column:
+            args += ["--path-column", self.path_column]
+        if self.checkpoint:
+            args += ["--checkpoint", self.checkpoint]
         if self.max_pixels is not None:
             args += ["--max-pixels", str(self.max_pixels)]
         if self.max_file_bytes is not None:
             args += ["--max-file-bytes", str(self.max_file_bytes)]
         if self.path_glob:
             args += ["--path-glob", self.path_glob]
+        if not self.recursive:
+            args += ["--no-recursive"]
+        if self.modified_after:
+            args += ["--modified-after", self.modified_after]
+        if self.max_files_per_batch is not None:
+            args += ["--max-files-per-batch", str(self.max_files_per_batch)]
         return args
 
 
