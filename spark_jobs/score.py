@@ -107,7 +107,7 @@ def predict_frame(predictor: Predictor, contents: pd.Series, paths: pd.Series) -
     scores: list[float | None] = [None] * len(contents)
     probabilities: list[list[float] | None] = [None] * len(contents)
     if arrays:
-        probs = predictor.predict(np.stack(arrays))
+        probs = predictor.forward(np.stack(arrays)).probabilities
         top = probs.argmax(axis=1)
         for row, p, t in zip(ok_rows, probs, top, strict=True):
             labels[row] = manifest.labels[int(t)]
