@@ -255,11 +255,30 @@ def predict_batch(predictor: Predictor, batch: DecodedBatch, top_k: int) -> pd.D
 def _model_batches(
     arrow_batches: Iterator[tuple[pd.Series, pd.Series]], batch_size: int, held: HeldBatches
 ) -> Iterator[tuple[pd.Series, pd.Series]]:
-    """Cut Arrow batches into model batches of at most ``batch_size`` rows, counting each as held."""
+    """Re-cut Arrow batches into model batches of exactly ``batch_size`` rows (the last may be
+    smaller), counting each as held; a model batch may span two Arrow batches."""
+    contents_parts: list[pd.Series] = []
+    paths_parts: list[pd.Series] = []
+    pending = 0
     for contents, paths in arrow_batches:
-        for start in range(0, len(contents), batch_size):
-            held.take()
-            yield contents.iloc[start : start + batch_size], paths.iloc[start : start + batch_size]
+        start, rows = 0, len(contents)
+        while start < rows:
+            take = min(batch_size - pending, rows - start)
+            contents_parts.append(contents.iloc[start : start + take])
+            paths_parts.append(paths.iloc[start : start + take])
+            pending += take
+            start += take
+            if pending == batch_size:
+                held.take()
+                yield _joined(contents_parts), _joined(paths_parts)
+                contents_parts, paths_parts, pending = [], [], 0
+    if pending:
+        held.take()
+        yield _joined(contents_parts), _joined(paths_parts)
+
+
+def _joined(parts: list[pd.Series]) -> pd.Series:
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 _DONE = object()
