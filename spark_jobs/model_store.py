@@ -261,7 +261,14 @@ class ModelStore:
         weights = (self._model_dir(name) / resolved / manifest.weights).read_bytes()
         return ModelVersion(manifest=manifest, weights=weights)
 
-    def publish(self, manifest: Manifest, weights_file: str | os.PathLike[str], *, champion: bool = True) -> str:
+    def publish(
+        self,
+        manifest: Manifest,
+        weights_file: str | os.PathLike[str],
+        *,
+        champion: bool = True,
+        version: str | None = None,
+    ) -> str:
         """Publish a new version and return its number.
 
         The version folder is assembled under a hidden name and renamed into place.
@@ -269,7 +276,15 @@ class ModelStore:
         :param manifest: the model's manifest; ``version`` and ``created_at`` are filled in.
         :param weights_file: the weights, copied under ``manifest.weights``.
         :param champion: also make the new version the champion.
+        :param version: publish under this number (the one an MLflow registry gave the same
+            model) instead of the next free one; refused when it exists.
         """
+        if version is not None and (not version.isdigit() or version in self.versions(manifest.name)):
+            raise ModelStoreError(
+                f"cannot publish {manifest.name} as version {version!r}: it is not a number or already exists "
+                f"(published: {', '.join(self.versions(manifest.name)) or 'none'}); the store and the registry "
+                "are out of step, publish without a fixed version"
+            )
         weights_path = Path(weights_file)
         if not weights_path.is_file():
             raise ModelStoreError(f"weights file {weights_path} does not exist")
@@ -281,21 +296,21 @@ class ModelStore:
             shutil.copyfile(weights_path, staging / manifest.weights)
             while True:
                 existing = self.versions(manifest.name)
-                version = str(int(existing[-1]) + 1 if existing else 1)
+                number = version or str(int(existing[-1]) + 1 if existing else 1)
                 stamped = Manifest.from_dict(
-                    {**manifest.to_dict(), "version": version, "created_at": datetime.now(UTC).isoformat()}
+                    {**manifest.to_dict(), "version": number, "created_at": datetime.now(UTC).isoformat()}
                 )
                 (staging / MANIFEST_FILE).write_text(stamped.to_json())
                 try:
-                    os.rename(staging, model_dir / version)
+                    os.rename(staging, model_dir / number)
                     break
                 except OSError:
-                    if (model_dir / version).exists():
+                    if (model_dir / number).exists() and version is None:
                         continue  # another publisher took this number: take the next one
                     raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         if champion:
-            self.set_champion(manifest.name, version)
-        return version
+            self.set_champion(manifest.name, number)
+        return number
