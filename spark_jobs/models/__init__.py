@@ -38,6 +38,10 @@ class Predictor(Protocol):
         """Probabilities (and the embedding, when declared) for an ``N x 3 x H x W`` batch."""
         ...
 
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities only: ``forward(batch).probabilities``."""
+        ...
+
 
 class PredictorBuilder(Protocol):
     """Anything that turns a broadcast version into a predictor (tests inject fakes)."""

@@ -44,6 +44,9 @@ class CountingPredictor:
         probs = np.stack([np.full_like(brightness, 0.2), np.full_like(brightness, 0.3), np.full_like(brightness, 0.5)])
         return BatchOutput(probs.T.astype(np.float32), None)
 
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(batch).probabilities
+
 
 def counting_builder(
     version: ModelVersion, *, device: str = "cpu", num_threads: int | None = None, mixed_precision: bool = False
