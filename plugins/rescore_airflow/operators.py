@@ -189,22 +189,75 @@ class _ModelJobOperator(RescoreSparkSubmitOperator):
 
 
 class ScoreImagesOperator(_ModelJobOperator):
-    """Score every image that has no prediction yet from a model version.
+    """Score images with a model version: those without a prediction from it, or, with ``force``,
+    every image in the date range again (replacing that version's predictions for them).
+
+    Optional arguments left at None (or rendered empty) are not passed, so the job's defaults apply.
 
     :param model_name: model to score with (templated).
     :param model_version: version (templated); empty means the promoted version, else the champion.
-    :param batch_size: images per model batch, also the Arrow batch size (templated).
+    :param batch_size: images per model call (templated).
+    :param arrow_batch_size: rows per Arrow batch sent to the Python workers (templated);
+        default: the batch size.
+    :param top_k: labels kept in the ``top_k`` column (templated); job default 3.
+    :param decode: ``auto``, ``inline`` or ``prefetch`` (templated); job default ``auto``.
+    :param from_date: only images ingested on or after this ``YYYY-MM-DD`` day (templated).
+    :param to_date: only images ingested on or before this ``YYYY-MM-DD`` day (templated).
+    :param force: re-score images that already have a prediction from this version (templated;
+        a bool, or a string such as ``"{{ params.force }}"`` rendering to true/false).
     """
 
     job = "score"
-    template_fields: Sequence[str] = (*_ModelJobOperator.template_fields, "batch_size")
+    template_fields: Sequence[str] = (
+        *_ModelJobOperator.template_fields,
+        "batch_size",
+        "arrow_batch_size",
+        "top_k",
+        "decode",
+        "from_date",
+        "to_date",
+        "force",
+    )
 
-    def __init__(self, *, batch_size: int | str = 64, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        batch_size: int | str = 64,
+        arrow_batch_size: int | str | None = None,
+        top_k: int | str | None = None,
+        decode: str | None = None,
+        from_date: str | None = None,
+        to_date: str | None = None,
+        force: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.batch_size = batch_size
+        self.arrow_batch_size = arrow_batch_size
+        self.top_k = top_k
+        self.decode = decode
+        self.from_date = from_date
+        self.to_date = to_date
+        self.force = force
+
+    @staticmethod
+    def _given(value: object) -> bool:
+        return value is not None and str(value).strip() not in ("", "None")
 
     def job_arguments(self) -> list[str]:
-        return [*super().job_arguments(), "--batch-size", str(self.batch_size)]
+        args = [*super().job_arguments(), "--batch-size", str(self.batch_size)]
+        for flag, value in (
+            ("--arrow-batch-size", self.arrow_batch_size),
+            ("--top-k", self.top_k),
+            ("--decode", self.decode),
+            ("--from-date", self.from_date),
+            ("--to-date", self.to_date),
+        ):
+            if self._given(value):
+                args += [flag, str(value).strip()]
+        if str(self.force).strip().lower() in ("true", "1", "yes"):
+            args.append("--force")
+        return args
 
 
 def _given(value: Any) -> bool:
