@@ -201,6 +201,8 @@ def test_connections_point_at_the_services_of_the_stack() -> None:
     master = services()["spark-master"]["command"]
     assert master[master.index("--port") + 1] == "7077"
     assert "spark://spark-master:7077" in services()["spark-worker"]["command"]
+    # The scheduler runs the tasks, so it is the Spark driver: executors reach it by its service name.
+    assert env["SPARK_LOCAL_HOSTNAME"] == "airflow-scheduler"
 
     registry = json.loads(env["AIRFLOW_CONN_RESCORE_REGISTRY"])
     assert registry["extra"]["backend"] in ("folder", "mlflow")
