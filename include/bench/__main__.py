@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="where results go")
     parser.add_argument("--note", default="", help="a line recorded with the results (e.g. 'machine shared')")
+    parser.add_argument("--models", default="", help="comma-separated model keys to measure (default: all)")
     parser.add_argument("--skip-scaling", action="store_true", help="skip the scaling and memory runs")
     args = parser.parse_args(argv)
     if args.cores < 1 or args.batch_size < 1:
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.cores)
     bench = Bench(args, plan)
     files = generate_images(bench.workdir / "images", max(*plan.images.values(), plan.scaling_base), args.seed)
-    models = prepare_models(bench.workdir, quick=args.quick)
+    models = prepare_models(bench.workdir, [k for k in args.models.split(",") if k])
     model_rows = []
     for model in models:
         log.info("measuring %s (%d images)", model.key, plan.images[model.key])

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd  # pandas UDF type hints are resolved at runtime
 
 if TYPE_CHECKING:
-    import pandas as pd
     from pyspark.broadcast import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
@@ -232,8 +232,6 @@ def _decode_column(bc: Broadcast[dict[str, Any]]) -> Callable[..., Any]:
 
     @pandas_udf("array<float>")  # type: ignore[call-overload]
     def decode_images(contents: pd.Series) -> pd.Series:
-        import pandas as pd
-
         manifest = bc.value["manifest"]
         return pd.Series([decode(manifest, bytes(c)).reshape(-1) for c in contents])
 
@@ -307,8 +305,6 @@ def run_blog_pattern(ctx: BenchContext, model_key: str, images: DataFrame, out: 
 
     @pandas_udf("array<float>")  # type: ignore[call-overload]
     def predict_series(contents: pd.Series) -> pd.Series:
-        import pandas as pd
-
         from spark_jobs.models import build_predictor
 
         payload = bc.value

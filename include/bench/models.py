@@ -38,10 +38,11 @@ def _published(store: ModelStore, name: str, recipe: dict[str, Any]) -> ModelVer
     return version if version.manifest.extra.get("bench_recipe") == recipe else None
 
 
-def _small_cnn(store: ModelStore, quick: bool) -> ModelVersion:
+def _small_cnn(store: ModelStore) -> ModelVersion:
     from include.example_models import train_small_cnn
 
-    recipe = {"train_count": 600 if quick else 3000, "epochs": 2 if quick else 8, "seed": 0}
+    # One recipe for both modes, so quick runs reuse the model a full run trained (and vice versa).
+    recipe = {"train_count": 2000, "epochs": 4, "seed": 0}
     found = _published(store, "bench_small_cnn", recipe)
     if found:
         return found
@@ -145,27 +146,20 @@ def _info(version: ModelVersion) -> dict[str, Any]:
     }
 
 
-def prepare_models(workdir: Path, *, quick: bool) -> list[BenchModel]:
+def prepare_models(workdir: Path, keys: list[str] | None = None) -> list[BenchModel]:
+    """The benchmark's models (all, or those named in ``keys``), published and registered."""
     store = ModelStore(workdir / "models")
     registry = workdir / "mlflow"
-    small = _small_cnn(store, quick)
-    resnet = _resnet18(store)
-    return [
-        BenchModel(
-            "small_cnn_64",
-            "example CNN, 64 px (trained on generated shapes)",
-            small,
-            log_to_mlflow(small, registry),
-            _info(small),
-        ),
-        BenchModel(
-            "resnet18_160",
-            "ResNet-18, 160 px (random weights, seed 0)",
-            resnet,
-            log_to_mlflow(resnet, registry),
-            _info(resnet),
-        ),
-    ]
+    models = []
+    if not keys or "small_cnn_64" in keys:
+        small = _small_cnn(store)
+        title = "example CNN, 64 px (trained on generated shapes)"
+        models.append(BenchModel("small_cnn_64", title, small, log_to_mlflow(small, registry), _info(small)))
+    if not keys or "resnet18_160" in keys:
+        resnet = _resnet18(store)
+        title = "ResNet-18, 160 px (random weights, seed 0)"
+        models.append(BenchModel("resnet18_160", title, resnet, log_to_mlflow(resnet, registry), _info(resnet)))
+    return models
 
 
 def keras_status() -> str:
