@@ -14,7 +14,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,7 +180,7 @@ class Bench:
         self.ctx.pools[model.key] = M.start_process_pool(payload, self.args.cores)
         predictor = build_predictor(model.version, num_threads=self.args.cores)
         configs = list(M.iter_ceiling_configs(self.args.cores))
-        method_names = configs + list(M.SPARK_METHODS)
+        method_names = [*configs, *M.SPARK_METHODS, M.SPARK_FLOOR]
         outputs = self.workdir / "out" / model.key
         log.info("%s: warm-up on %d images", model.key, len(list(warm.glob("*.jpg"))))
         for method in method_names:
@@ -209,10 +209,13 @@ class Bench:
         reference = M.read_predictions(outputs / "dataloader_w0")
         rows: dict[str, dict[str, Any]] = {}
         for method in method_names:
-            agreement = check_agreement(reference, M.read_predictions(outputs / method))
             row = {"model": model.key, "method": method, **summarise_runs(timed[method], count)}
-            row["agreement"] = agreement
-            row["status"] = "ok" if agreement.ok else "wrong"
+            if method == M.SPARK_FLOOR:
+                row.update(agreement=None, status="no model (Spark's floor)")
+            else:
+                agreement = check_agreement(reference, M.read_predictions(outputs / method))
+                row["agreement"] = {**asdict(agreement), "ok": agreement.ok}
+                row["status"] = "ok" if agreement.ok else "wrong"
             rows[method] = row
         best = max(configs, key=lambda c: rows[c]["images_per_s_median"] if rows[c]["status"] == "ok" else -1)
         self.ceiling[model.key] = {
@@ -222,7 +225,7 @@ class Bench:
         }
         ceiling_row = {**rows[best], "method": M.CEILING, "ceiling_config": best, "agreement": None}
         ceiling_ips = ceiling_row["images_per_s_median"]
-        for row in [ceiling_row, *(rows[m] for m in M.SPARK_METHODS)]:
+        for row in [ceiling_row, *(rows[m] for m in (*M.SPARK_METHODS, M.SPARK_FLOOR))]:
             row["ceiling_ratio"] = row["images_per_s_median"] / ceiling_ips
             self.summary.append(row)
 

@@ -34,6 +34,7 @@ PREDICT_BATCH_UDF_BYTES = "predict_batch_udf_bytes"
 MLFLOW_SPARK_UDF = "mlflow_spark_udf"
 BLOG_PATTERN = "blog_pandas_udf"
 ROW_UDF = "row_udf"
+SPARK_FLOOR = "spark_io_floor"
 SPARK_METHODS = (RESCORE, PREDICT_BATCH_UDF, PREDICT_BATCH_UDF_BYTES, MLFLOW_SPARK_UDF, BLOG_PATTERN, ROW_UDF)
 
 DESCRIPTIONS = {
@@ -48,6 +49,8 @@ DESCRIPTIONS = {
     BLOG_PATTERN: "blog pattern: Series-to-Series pandas UDF, model rebuilt from a broadcast every batch, "
     "predictions collected into a list",
     ROW_UDF: "row-at-a-time Python UDF, model cached per worker",
+    SPARK_FLOOR: "not a method: the same Spark job without decoding or a model (read the files, write their "
+    "names and sizes), to show Spark's own share",
 }
 
 
@@ -141,14 +144,20 @@ def ceiling_dataloader(
     payload: dict[str, Any], predictor: Predictor, files: list[Path], out: Path, *, workers: int, batch_size: int
 ) -> None:
     """One process: a DataLoader with ``workers`` decode processes feeding the model."""
+    import multiprocessing
+
     from torch.utils.data import DataLoader
 
+    # Workers fork from a clean, preloaded server, not from this process and its py4j sockets.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "include.bench.methods"])
     loader: DataLoader[np.ndarray] = DataLoader(
         _FileDataset(files, payload["manifest"]),  # type: ignore[arg-type]
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=np.stack,
         prefetch_factor=4 if workers else None,
+        multiprocessing_context=context if workers else None,
     )
     parts = [predictor.predict(batch) for batch in loader]
     write_predictions(out, [f.name for f in files], np.concatenate(parts))
@@ -334,6 +343,12 @@ def run_row_udf(ctx: BenchContext, model_key: str, images: DataFrame, out: Path)
     images.select("image_id", predict_one("content").alias("probabilities")).write.mode("overwrite").parquet(str(out))
 
 
+def run_spark_floor(ctx: BenchContext, model_key: str, images: DataFrame, out: Path) -> None:
+    from pyspark.sql import functions as F
+
+    images.select("image_id", F.length("content").alias("size")).write.mode("overwrite").parquet(str(out))
+
+
 SPARK_RUNNERS: dict[str, Callable[[BenchContext, str, DataFrame, Path], None]] = {
     RESCORE: run_rescore,
     PREDICT_BATCH_UDF: run_predict_batch_udf,
@@ -341,6 +356,7 @@ SPARK_RUNNERS: dict[str, Callable[[BenchContext, str, DataFrame, Path], None]] =
     MLFLOW_SPARK_UDF: run_mlflow_spark_udf,
     BLOG_PATTERN: run_blog_pattern,
     ROW_UDF: run_row_udf,
+    SPARK_FLOOR: run_spark_floor,
 }
 
 

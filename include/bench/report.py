@@ -151,7 +151,9 @@ def cpu_notes(summary: list[dict[str, Any]]) -> list[str]:
             continue
         extra = rescore["cpu_ms_per_image"] - ceiling["cpu_ms_per_image"]
         others = ", ".join(
-            f"{name} {row['cpu_ms_per_image']:.1f}" for name, row in rows.items() if name not in ("ceiling", "rescore")
+            f"{name} {row['cpu_ms_per_image']:.1f}"
+            for name, row in rows.items()
+            if name not in ("ceiling", "rescore", "spark_io_floor")
         )
         notes.append(
             f"{model}: Rescore {rescore['cpu_ms_per_image']:.1f} ms vs the ceiling's "
@@ -159,6 +161,12 @@ def cpu_notes(summary: list[dict[str, Any]]) -> list[str]:
             f"({extra:+.1f} ms: JVM file reading, Arrow transfer to the Python workers, Parquet writing); "
             f"others: {others}"
         )
+        floor = rows.get("spark_io_floor")
+        if floor is not None:
+            notes.append(
+                f"{model}: the same Spark job without decoding or a model takes {floor['seconds_median']:.1f} s "
+                f"and {floor['cpu_ms_per_image']:.1f} CPU ms per image; Rescore takes {rescore['seconds_median']:.1f} s"
+            )
     return notes
 
 
@@ -190,7 +198,9 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def _summary_row(row: dict[str, Any]) -> str:
     agreement = row.get("agreement")
     method = row["method"] + (f" ({row['ceiling_config']})" if row.get("ceiling_config") else "")
-    agree = f"{100 * agreement['argmax_agreement']:.1f}%" if agreement else "reference"
+    agree = f"{100 * agreement['argmax_agreement']:.1f}%" if agreement else "–"
+    if row["method"] == "ceiling":
+        agree = "reference"
     diff = f"{agreement['max_abs_diff']:.1e}" if agreement else "–"
     status = "**wrong**" if row["status"] == "wrong" else row["status"]
     return (
@@ -320,7 +330,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         values, labels, colours, notes = [], [], [], []
         for method in methods:
             row = next((r for r in rows if r["model"] == model and r["method"] == method), None)
-            if row is None:
+            if row is None or row["method"] == "spark_io_floor":
                 continue
             values.append(row["images_per_s_median"])
             labels.append(method)
