@@ -64,7 +64,7 @@ unit: install
 	$(BIN)/pytest -m "unit"
 
 bench: install
-	$(BIN)/python -m include.bench
+	$(BIN)/python -m include.bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # Regenerates the lock in a throwaway venv from the human-edited requirements.in.
 lock:
