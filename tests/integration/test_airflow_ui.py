@@ -137,10 +137,15 @@ def wait_until_ready(airflow: EmbeddedAirflow, proc: subprocess.Popen[bytes]) ->
             unhealthy = [name for name, part in health.items() if part.get("status") != "healthy"]
             errors = airflow.api("/api/v2/importErrors")["import_errors"]
             if errors:
-                pytest.fail(
-                    "the DAGs do not import in the embedded Airflow:\n"
-                    + "\n".join(f"{e['filename']}:\n{e['stack_trace']}" for e in errors)
+                traces = "\n".join(f"{e['filename']}:\n{e['stack_trace']}" for e in errors)
+                hint = (
+                    "\nAirflow imports every .py file under the plugins folder as a top-level module, so "
+                    "plugins/rescore_airflow/packaging.py shadows the 'packaging' library: list rescore_airflow "
+                    "in plugins/.airflowignore (it is a package on PYTHONPATH, not an Airflow plugin)."
+                    if "'packaging' is not a package" in traces
+                    else ""
                 )
+                pytest.fail(f"the DAGs do not import in the embedded Airflow:\n{traces}{hint}")
             dag_ids = {dag["dag_id"] for dag in airflow.api("/api/v2/dags")["dags"]}
             if not unhealthy and {"image_scoring", "model_rescore"} <= dag_ids:
                 return
