@@ -58,6 +58,16 @@ class RescorePaths:
         return _join(self.warehouse, "images")
 
     @property
+    def image_paths(self) -> str:
+        """One row per accepted file, duplicates included (``spark_jobs.ingest.IMAGE_PATHS_SCHEMA``)."""
+        return _join(self.warehouse, "image_paths")
+
+    @property
+    def records(self) -> str:
+        """Record tables ingested with ``--source parquet|csv|json|tfrecord``: ``records/<name>/``."""
+        return _join(self.warehouse, "records")
+
+    @property
     def rejects(self) -> str:
         """One row per file that could not be read (``spark_jobs.ingest.REJECTS_SCHEMA``)."""
         return _join(self.warehouse, "rejects")

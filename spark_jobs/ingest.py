@@ -1,12 +1,22 @@
 """Ingest: load the files that arrived in the landing folder into the ``images`` table, once.
 
-The landing folder is read with Spark's ``binaryFile`` source as a stream with
-``trigger(availableNow=True)`` and a checkpoint, so each run takes exactly the files that
-arrived since the previous run. Every file is checked with Pillow at the door: readable images
-go to ``images``, the rest to ``rejects`` with a reason a person can act on.
+The landing folder (a local folder or any Hadoop URI) is read with Spark's ``binaryFile`` source
+as a stream with ``trigger(availableNow=True)`` and a checkpoint, so each run takes exactly the
+files that arrived since the previous run; files that land while a run is in progress are left
+for the next one. Every file is checked with Pillow at the door (header and structure, not a full
+decode): readable images go to ``images``, the rest to ``rejects`` with a reason a person can act on.
 
-Each micro-batch is written into its own ``ingest_batch=<id>`` partition with overwrite, so a
-micro-batch that Spark replays after a crash replaces what it wrote instead of duplicating it.
+Exactly once: each micro-batch is written into its own ``ingest_batch=<id>`` partition with
+overwrite, and every value written is a function of the batch's files and its planned batch time
+(``ingested_at`` is Spark's batch timestamp, kept in the checkpoint). A micro-batch that Spark
+replays after a crash (partition written, checkpoint not yet committed) therefore rewrites the
+same rows instead of duplicating them.
+
+Identity: ``image_id`` is the sha256 of the bytes. ``images`` holds one row per distinct image
+(the first path seen: smallest path within the batch that first saw it); ``image_paths`` holds one
+row per accepted file, so an image landed under two names is scored once and both paths are kept.
+
+``--source parquet|csv|json|tfrecord`` loads record tables instead (see :mod:`spark_jobs.records`).
 
     spark-submit spark_jobs/ingest.py --home var --landing var/landing
 """
@@ -14,12 +24,16 @@ micro-batch that Spark replays after a crash replaces what it wrote instead of d
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import logging
+import os
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any
 
 from spark_jobs.contract import RescorePaths, default_home
 from spark_jobs.session import JobError, get_spark, path_exists, read_table, run_main
@@ -30,13 +44,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rescore.ingest")
 
-#: Schema of ``warehouse/images``: one row per accepted file, partitioned by ``ingest_batch``
-#: (the stream's micro-batch id). ``content`` is null for files above ``max_file_bytes``:
-#: scoring reads those from ``path``.
+#: Schema of ``warehouse/images``: one row per distinct image (``image_id`` unique over the table),
+#: partitioned by ``ingest_batch`` (the stream's micro-batch id). ``path`` is the first path the
+#: image was seen under (all of them are in ``image_paths``). ``width``/``height`` are as displayed
+#: (EXIF orientation applied). ``content`` is null for files above ``max_file_bytes``: scoring reads
+#: those from ``path``. ``ingested_at`` is the micro-batch's planned time, stable across retries.
 IMAGES_SCHEMA = (
     "image_id string, path string, size long, width int, height int, format string, mode string, "
     "content binary, ingested_at timestamp, ingest_run string"
 )
+#: Schema of ``warehouse/image_paths``: one row per accepted file (duplicates included), partitioned
+#: by ``ingest_batch``. Join on ``image_id`` to find every name an image was landed under.
+IMAGE_PATHS_SCHEMA = "image_id string, path string, size long, ingested_at timestamp, ingest_run string"
 #: Schema of ``warehouse/rejects``: one row per file that could not be read, partitioned like images.
 REJECTS_SCHEMA = "path string, size long, reason string, ingested_at timestamp, ingest_run string"
 
@@ -51,6 +70,19 @@ BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, cont
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
+DEFAULT_MAX_FILES_PER_BATCH = 10_000
+#: Spark's file source forgets files whose modification time is older than the newest seen minus this
+#: age; a generous default keeps files copied with an old timestamp (``cp -p``) from being skipped.
+DEFAULT_MAX_FILE_AGE = "3650d"
+#: Formats the scoring side decodes; anything else Pillow recognises is rejected as unsupported.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "TIFF", "BMP"})
+_EXIF_ORIENTATION = 0x0112
+_HASH_CHUNK = 1 << 20
+
+_COLUMNS = {
+    name: [c.split()[0] for c in schema.split(", ")]
+    for name, schema in (("images", IMAGES_SCHEMA), ("image_paths", IMAGE_PATHS_SCHEMA), ("rejects", REJECTS_SCHEMA))
+}
 
 
 @dataclass(frozen=True)
@@ -64,135 +96,314 @@ class ImageFacts:
     reason: str | None = None
 
 
-def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFacts:
-    """Open ``data`` with Pillow, reading the header (and checking completeness), not decoding it all.
+def _ends_with_jpeg_marker(stream: IO[bytes]) -> bool:
+    stream.seek(0, io.SEEK_END)
+    stream.seek(max(0, stream.tell() - 64))
+    return stream.read().rstrip(b"\x00").endswith(b"\xff\xd9")
 
-    :param data: the file's bytes.
+
+def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFacts:
+    """Open an image with Pillow, reading the header and checking completeness, not decoding it all.
+
+    :param source: the file's bytes, or a seekable binary file (large files are never read whole).
     :param max_pixels: more pixels than this is rejected as a decompression bomb.
     """
     from PIL import Image, UnidentifiedImageError
 
-    if not data:
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    stream.seek(0, io.SEEK_END)
+    if stream.tell() == 0:
         return ImageFacts(reason="empty file (0 bytes): the upload was probably interrupted; land it again")
+    stream.seek(0)
+    default_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow itself refuses only above twice this
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            fmt, mode = img.format, img.mode
-            if width * height > max_pixels:
-                return ImageFacts(
-                    width,
-                    height,
-                    fmt,
-                    mode,
-                    reason=f"decompression bomb: {width}x{height} = {width * height} pixels is more than "
-                    f"max_pixels={max_pixels}; raise --max-pixels if this image is genuine",
-                )
-            if fmt == "JPEG":
-                # The header is enough to accept a JPEG, but a cut-off upload lacks the end marker.
-                if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream) as img:
+                width, height = img.size
+                fmt, mode = img.format, img.mode
+                if fmt not in SUPPORTED_FORMATS:
                     return ImageFacts(
                         width,
                         height,
                         fmt,
                         mode,
-                        reason="truncated JPEG: the end-of-image marker is "
-                        "missing; the file was cut off, land it again",
+                        reason=f"unsupported format {fmt}: scoring reads {', '.join(sorted(SUPPORTED_FORMATS))}; "
+                        "convert the file to PNG or JPEG and land it again",
                     )
-            else:
-                img.verify()  # walks chunks/structures (CRC for PNG) without decoding pixels
+                if width * height > max_pixels:
+                    return ImageFacts(
+                        width,
+                        height,
+                        fmt,
+                        mode,
+                        reason=f"decompression bomb: {width}x{height} = {width * height} pixels is more than "
+                        f"max_pixels={max_pixels}; raise --max-pixels if this image is genuine",
+                    )
+                # The header is enough to accept a JPEG, but a cut-off upload lacks the end marker.
+                if fmt in ("JPEG", "MPO") and not _ends_with_jpeg_marker(stream):
+                    return ImageFacts(
+                        width,
+                        height,
+                        fmt,
+                        mode,
+                        reason="truncated JPEG: the end-of-image marker is missing; the file was cut off, "
+                        "land it again",
+                    )
+                if img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
+                    width, height = height, width  # stored sideways: record the size as displayed
+            if fmt not in ("JPEG", "MPO"):
+                stream.seek(0)  # verify() must come straight after open; reading EXIF above moved on
+                with Image.open(stream) as fresh:
+                    fresh.verify()  # walks chunks/structures (CRC for PNG) without decoding pixels
     except UnidentifiedImageError:
         return ImageFacts(
             reason="not an image: Pillow does not recognise the format; remove it from the landing "
             "folder or convert it to JPEG/PNG"
         )
     except Image.DecompressionBombError as exc:
-        return ImageFacts(reason=f"decompression bomb: {exc}")
-    except (OSError, SyntaxError, ValueError) as exc:
+        return ImageFacts(reason=f"decompression bomb: {exc}; raise --max-pixels if this image is genuine")
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         return ImageFacts(reason=f"truncated or corrupt image: {exc}; land the file again")
+    except Exception as exc:  # a hostile file must become a reject, never a failed ingest
+        return ImageFacts(reason=f"corrupt image ({type(exc).__name__}: {exc}); land the file again")
+    finally:
+        Image.MAX_IMAGE_PIXELS = default_limit
     return ImageFacts(width, height, fmt, mode)
 
 
-def _inspect_batches(max_pixels: int, max_file_bytes: int):  # type: ignore[no-untyped-def]
+def local_path(path: str) -> str | None:
+    """The local file behind a ``file:`` URI (or a plain path), None for other schemes."""
+    if path.startswith("file://"):
+        return path[len("file://") :]
+    if path.startswith("file:"):
+        return path[len("file:") :]
+    if "://" in path or ":/" in path.split("/", 1)[0] + "/":
+        return None
+    return path
+
+
+def _open_landed(path: str) -> IO[bytes]:
+    return open(path, "rb")
+
+
+def _sha256(stream: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    stream.seek(0)
+    for chunk in iter(lambda: stream.read(_HASH_CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def inspect_file(
+    path: str, size: int, content: bytes | None, *, max_pixels: int, max_file_bytes: int
+) -> dict[str, Any]:
+    """Door check of one landed file: a row of :data:`INSPECTED_SCHEMA`.
+
+    :param path: the file's URI as the ``binaryFile`` source lists it.
+    :param size: its length in bytes.
+    :param content: its bytes when Spark read them (non-local landing); None to read a local file here,
+        which turns a permission problem into a reject instead of a failed job and never loads a file
+        above ``max_file_bytes`` whole.
+    """
+    row: dict[str, Any] = {"path": path, "size": int(size)}
+    if content is not None:
+        facts = inspect_image(content, max_pixels=max_pixels)
+        image_id = hashlib.sha256(content).hexdigest() if facts.reason is None else None
+        kept = content if size <= max_file_bytes else None
+    else:
+        local = local_path(path)
+        try:
+            if local is None:
+                raise OSError(f"{path} is not a local file and its bytes were not read")
+            with _open_landed(local) as fh:
+                if size <= max_file_bytes:
+                    data = fh.read()
+                    facts = inspect_image(data, max_pixels=max_pixels)
+                    image_id = hashlib.sha256(data).hexdigest() if facts.reason is None else None
+                    kept = data
+                else:
+                    facts = inspect_image(fh, max_pixels=max_pixels)
+                    image_id = _sha256(fh) if facts.reason is None else None
+                    kept = None
+        except PermissionError as exc:
+            facts = ImageFacts(
+                reason=f"unreadable: permission denied ({exc.strerror}); give the ingest user read access "
+                "and land the file again under a new name"
+            )
+            image_id, kept = None, None
+        except FileNotFoundError:
+            facts = ImageFacts(reason="vanished: the file was deleted or renamed after it landed; land it again")
+            image_id, kept = None, None
+    row.update(
+        image_id=image_id,
+        width=facts.width,
+        height=facts.height,
+        format=facts.format,
+        mode=facts.mode,
+        reason=facts.reason,
+        content=kept if facts.reason is None else None,
+    )
+    return row
+
+
+def _inspect_batches(
+    max_pixels: int, max_file_bytes: int
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """A ``mapInPandas`` function that runs the door check on every file of a batch."""
 
     def inspect(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import hashlib
-
         import pandas as pd
 
+        columns = [c.split()[0] for c in INSPECTED_SCHEMA.split(", ")]
         for batch in batches:
-            rows = []
-            for path, size, content in zip(batch["path"], batch["length"], batch["content"], strict=True):
-                data = bytes(content) if content is not None else b""
-                facts = inspect_image(data, max_pixels=max_pixels)
-                keep_bytes = facts.reason is None and len(data) <= max_file_bytes
-                rows.append(
-                    {
-                        "path": path,
-                        "size": int(size),
-                        "image_id": hashlib.sha256(data).hexdigest() if facts.reason is None else None,
-                        "width": facts.width,
-                        "height": facts.height,
-                        "format": facts.format,
-                        "mode": facts.mode,
-                        "reason": facts.reason,
-                        "content": data if keep_bytes else None,
-                    }
+            contents = batch["content"] if "content" in batch else [None] * len(batch)
+            rows = [
+                inspect_file(
+                    path,
+                    size,
+                    bytes(content) if content is not None else None,
+                    max_pixels=max_pixels,
+                    max_file_bytes=max_file_bytes,
                 )
-            yield pd.DataFrame(rows, columns=[c.split()[0] for c in INSPECTED_SCHEMA.split(", ")])
+                for path, size, content in zip(batch["path"], batch["length"], contents, strict=True)
+            ]
+            yield pd.DataFrame(rows, columns=columns)
 
     return inspect
 
 
 def inspect_files(
-    files: DataFrame, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    files: DataFrame,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    read_locally: bool = True,
 ) -> DataFrame:
-    """Door check of a ``binaryFile`` DataFrame (path, modificationTime, length, content).
+    """Door check of a ``binaryFile`` DataFrame (path, length[, content]).
 
+    :param read_locally: read each file in Python (local landing folders); else use Spark's ``content``.
     Returns :data:`INSPECTED_SCHEMA`: one row per file, ``reason`` null for accepted images.
     """
-    return files.select("path", "length", "content").mapInPandas(
-        _inspect_batches(max_pixels, max_file_bytes), INSPECTED_SCHEMA
-    )
-
-
-def split_inspected(inspected: DataFrame, *, run_id: str) -> tuple[DataFrame, DataFrame]:
-    """Split door-check results into rows for ``images`` and rows for ``rejects``."""
-    from pyspark.sql import functions as F
-
-    stamped = inspected.withColumn("ingested_at", F.current_timestamp()).withColumn("ingest_run", F.lit(run_id))
-    images = stamped.where(F.col("reason").isNull()).select(*[c.split()[0] for c in IMAGES_SCHEMA.split(", ")])
-    rejects = stamped.where(F.col("reason").isNotNull()).select(*[c.split()[0] for c in REJECTS_SCHEMA.split(", ")])
-    return images, rejects
+    columns = ["path", "length"] if read_locally else ["path", "length", "content"]
+    return files.select(*columns).mapInPandas(_inspect_batches(max_pixels, max_file_bytes), INSPECTED_SCHEMA)
 
 
 @dataclass
 class IngestCounts:
-    """Reconciliation of one run: ``seen == accepted + rejected + duplicates``."""
+    """Reconciliation of one run: ``seen == accepted + rejected + duplicates``.
+
+    ``skipped`` counts files older than ``--modified-after``: consumed, deliberately not ingested.
+    """
 
     seen: int = 0
     accepted: int = 0
     rejected: int = 0
     duplicates: int = 0
+    skipped: int = 0
 
     def add(self, other: IngestCounts) -> None:
         self.seen += other.seen
         self.accepted += other.accepted
         self.rejected += other.rejected
         self.duplicates += other.duplicates
+        self.skipped += other.skipped
 
     @property
     def reconciles(self) -> bool:
         return self.seen == self.accepted + self.rejected + self.duplicates
 
+    def summary(self) -> str:
+        return (
+            f"{self.seen} files seen = {self.accepted} accepted + {self.rejected} rejected + "
+            f"{self.duplicates} duplicates ({'reconciled' if self.reconciles else 'DOES NOT RECONCILE'})"
+            + (f"; {self.skipped} older than --modified-after skipped" if self.skipped else "")
+        )
 
-def _read_existing_ids(spark: SparkSession, images_path: str, before_batch: int) -> DataFrame | None:
+
+def _existing_ids(spark: SparkSession, images_path: str, before_batch: int) -> DataFrame | None:
     from pyspark.sql import functions as F
 
     existing = read_table(spark, images_path)
     if existing is None:
         return None
-    return existing.where(F.col("ingest_batch") < before_batch).select("image_id").distinct()
+    return existing.where(F.col("ingest_batch").cast("long") < before_batch).select("image_id")
+
+
+def first_sightings(accepted: DataFrame, known_ids: DataFrame | None) -> DataFrame:
+    """One row per image not in ``known_ids``: the one with the smallest path (deterministic on replay)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    new = accepted if known_ids is None else accepted.join(known_ids, "image_id", "left_anti")
+    first = Window.partitionBy("image_id").orderBy("path")
+    return new.withColumn("_n", F.row_number().over(first)).where(F.col("_n") == 1).drop("_n")
+
+
+def _read_lines(spark: SparkSession, path: str) -> list[str] | None:
+    """The lines of a small text file through Hadoop's FileSystem, None when it does not exist."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(hadoop_path):
+        return None
+    stream = fs.open(hadoop_path)
+    try:
+        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+        lines = []
+        line = reader.readLine()
+        while line is not None:
+            lines.append(str(line))
+            line = reader.readLine()
+        return lines
+    finally:
+        stream.close()
+
+
+def _uri_to_listed(uri: str) -> str:
+    """A source-log path (``file:///a%20b.jpg``) spelled as the ``binaryFile`` column has it (``file:/a b.jpg``)."""
+    from urllib.parse import unquote
+
+    text = unquote(uri)
+    return "file:/" + text[len("file:///") :] if text.startswith("file:///") else text
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What the checkpoint says a micro-batch holds: its planned time and every file it took."""
+
+    batch_time: datetime
+    files: dict[str, int]  # path as binaryFile lists it -> modification time (ms)
+
+
+def planned_batch(spark: SparkSession, checkpoint: str, batch_id: int) -> BatchPlan | None:
+    """Read a micro-batch's offset and file-source log entries from the checkpoint."""
+    import json
+    from datetime import UTC
+
+    offsets = _read_lines(spark, f"{checkpoint}/offsets/{batch_id}")
+    if offsets is None or len(offsets) < 3:
+        return None
+    batch_time = datetime.fromtimestamp(json.loads(offsets[1])["batchTimestampMs"] / 1000, tz=UTC)
+    log_offset = int(json.loads(offsets[2])["logOffset"])
+    entries = _read_lines(spark, f"{checkpoint}/sources/0/{log_offset}")
+    if entries is None:
+        entries = _read_lines(spark, f"{checkpoint}/sources/0/{log_offset}.compact") or []
+    files = {}
+    for line in entries[1:]:
+        entry = json.loads(line)
+        if int(entry["batchId"]) == log_offset:
+            files[_uri_to_listed(entry["path"])] = int(entry["timestamp"])
+    return BatchPlan(batch_time, files)
+
+
+def _reason_not_read(path: str) -> str:
+    local = local_path(path)
+    if local is not None and not os.path.exists(local):
+        return "vanished: the file was deleted or renamed after it landed; land it again"
+    return "empty file (0 bytes): the upload was probably interrupted; land it again"
 
 
 def write_batch(
@@ -204,34 +415,136 @@ def write_batch(
     run_id: str,
     max_pixels: int,
     max_file_bytes: int,
+    read_locally: bool = True,
+    modified_after: datetime | None = None,
+    checkpoint: str | None = None,
 ) -> IngestCounts:
-    """Check and store one micro-batch; idempotent for a given ``batch_id``."""
+    """Check and store one micro-batch; idempotent for a given ``batch_id``.
+
+    ``files`` is the stream's batch plus ``batch_time`` (the batch's planned timestamp). With the
+    ``checkpoint``, files the stream took but Spark's reader left out (it skips zero-byte files) are
+    found from the checkpoint's file log and rejected too, so every file taken is accounted for.
+    """
     from pyspark.sql import functions as F
 
-    inspected = inspect_files(files, max_pixels=max_pixels, max_file_bytes=max_file_bytes).persist()
+    skipped = 0
+    not_read: list[tuple[str, int, str, datetime, str]] = []
+    plan = planned_batch(spark, checkpoint, batch_id) if checkpoint else None
+    if plan is not None or modified_after is not None:
+        listing = files.select("path", "modificationTime").collect()  # one pass over the file listing
+        if modified_after is not None:
+            skipped = sum(1 for r in listing if r.modificationTime <= modified_after)
+            files = files.where(F.col("modificationTime") > F.lit(modified_after))
+        if plan is not None:
+            read = {r.path for r in listing}
+            cutoff = modified_after.timestamp() * 1000 if modified_after is not None else None
+            for path, modified_ms in sorted(plan.files.items()):
+                if path in read:
+                    continue
+                if cutoff is not None and modified_ms <= cutoff:
+                    skipped += 1
+                    continue
+                not_read.append((path, 0, _reason_not_read(path), plan.batch_time, run_id))
+    checked = inspect_files(files, max_pixels=max_pixels, max_file_bytes=max_file_bytes, read_locally=read_locally)
+    if plan is not None:
+        # The checkpoint's batch time is the value current_timestamp() has in the stream: no join needed.
+        checked = checked.withColumn("ingested_at", F.lit(plan.batch_time).cast("timestamp"))
+    else:
+        checked = checked.join(files.select("path", "batch_time"), "path").withColumn(
+            "ingested_at", F.col("batch_time")
+        )
+    inspected = checked.withColumn("ingest_run", F.lit(run_id)).persist()
     try:
-        images, rejects = split_inspected(inspected, run_id=run_id)
+        accepted = inspected.where(F.col("reason").isNull())
+        images = first_sightings(accepted, _existing_ids(spark, paths.images, batch_id)).select(*_COLUMNS["images"])
+        # Materialised before this batch's partition is (re)written, as it reads the same table.
+        images = images.persist()
+        accepted_count = images.count()
         images.write.mode("overwrite").parquet(f"{paths.images}/ingest_batch={batch_id}")
+        images.unpersist()
+        accepted.select(*_COLUMNS["image_paths"]).write.mode("overwrite").parquet(
+            f"{paths.image_paths}/ingest_batch={batch_id}"
+        )
+        rejects = inspected.where(F.col("reason").isNotNull()).select(*_COLUMNS["rejects"])
+        if not_read:
+            rejects = rejects.unionByName(spark.createDataFrame(not_read, REJECTS_SCHEMA))
         rejects.write.mode("overwrite").parquet(f"{paths.rejects}/ingest_batch={batch_id}")
-        seen = inspected.count()
-        rejected = inspected.where(F.col("reason").isNotNull()).count()
-        ids = inspected.where(F.col("reason").isNull()).select("image_id")
-        existing = _read_existing_ids(spark, paths.images, batch_id)
-        if existing is not None:
-            ids = ids.join(existing, "image_id", "left_anti")
-        accepted = ids.distinct().count()
-        counts = IngestCounts(seen=seen, accepted=accepted, rejected=rejected, duplicates=seen - rejected - accepted)
+        seen = inspected.count() + len(not_read)
+        rejected = inspected.where(F.col("reason").isNotNull()).count() + len(not_read)
     finally:
         inspected.unpersist()
-    log.info(
-        "batch %d: %d files seen = %d accepted + %d rejected + %d duplicates",
-        batch_id,
-        counts.seen,
-        counts.accepted,
-        counts.rejected,
-        counts.duplicates,
+    counts = IngestCounts(
+        seen=seen,
+        accepted=accepted_count,
+        rejected=rejected,
+        duplicates=seen - rejected - accepted_count,
+        skipped=skipped,
     )
+    log.info("batch %d: %s", batch_id, counts.summary())
     return counts
+
+
+def is_local(uri: str) -> bool:
+    """Whether a landing folder is on this machine's file system (no scheme, or ``file:``)."""
+    return local_path(uri) is not None
+
+
+def check_checkpoint(spark: SparkSession, checkpoint: str, paths: RescorePaths, *, table: str | None = None) -> None:
+    """Refuse a checkpoint that cannot be used, or a missing one when the table already holds data.
+
+    :param table: the table the stream writes (default ``images``).
+
+    Without its checkpoint the stream would take every landed file again and start at batch 0,
+    overwriting the first partitions: that is data loss, never a silent restart.
+    """
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(checkpoint)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if fs.exists(hadoop_path):
+        if not fs.getFileStatus(hadoop_path).isDirectory():
+            raise JobError(
+                f"checkpoint {checkpoint} is a file, not a folder: pass --checkpoint with the folder ingest "
+                "wrote before, or move the file away"
+            )
+        try:
+            fs.listStatus(hadoop_path)
+            metadata = jvm.org.apache.hadoop.fs.Path(f"{checkpoint}/metadata")
+            if fs.exists(metadata):
+                stream = fs.open(metadata)
+                try:
+                    first = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream)).readLine()
+                finally:
+                    stream.close()
+                if not first or '"id"' not in str(first):
+                    raise JobError(
+                        f"checkpoint {checkpoint} is unreadable: its metadata file is damaged; restore the "
+                        "checkpoint folder from a backup (it records which files were already taken)"
+                    )
+        except JobError:
+            raise
+        except Exception as exc:
+            raise JobError(
+                f"checkpoint {checkpoint} is unreadable ({str(exc).splitlines()[0]}): give the ingest user read "
+                "and write access to it, or restore it from a backup"
+            ) from exc
+        offsets = jvm.org.apache.hadoop.fs.Path(f"{checkpoint}/offsets")
+        if fs.exists(offsets) and len(fs.listStatus(offsets)) > 0:
+            return
+    target = table or paths.images
+    written = read_table(spark, target)
+    if written is not None and written.limit(1).count() > 0:
+        tables = f"{target} (and its rejects)" if table else f"{paths.images}, {paths.image_paths} and {paths.rejects}"
+        raise JobError(
+            f"checkpoint {checkpoint} is missing (or empty) but the table {target} already holds "
+            "data: a new checkpoint would take every landed file again and overwrite the first batches. "
+            "Restore the checkpoint folder (or pass --checkpoint with where it is); to start over on purpose, "
+            f"move {tables} away first"
+        )
+
+
+def _listing_tasks(spark: SparkSession) -> int:
+    return max(2, spark.sparkContext.defaultParallelism)
 
 
 def ingest_landing(
@@ -245,27 +558,60 @@ def ingest_landing(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     path_glob: str | None = None,
     recursive: bool = True,
-    max_files_per_batch: int = 10_000,
+    modified_after: datetime | None = None,
+    max_files_per_batch: int = DEFAULT_MAX_FILES_PER_BATCH,
+    max_file_age: str = DEFAULT_MAX_FILE_AGE,
+    after_batch_written: Callable[[int], None] | None = None,
 ) -> IngestCounts:
-    """Take every file that arrived in ``landing`` since the last run (per ``checkpoint``)."""
+    """Take every file that arrived in ``landing`` since the last run (per ``checkpoint``).
+
+    :param path_glob: only files whose name matches, e.g. ``*.jpg`` (Spark's ``pathGlobFilter``).
+    :param recursive: descend into sub-folders.
+    :param modified_after: files modified at or before this time are consumed but not ingested
+        (counted as skipped); Spark's ``modifiedAfter`` option is not allowed on streams.
+    :param after_batch_written: called with the batch id once its tables are written and before the
+        checkpoint commits it (tests use it to land files mid-run or to simulate a crash).
+    """
+    from pyspark.errors import StreamingQueryException
+    from pyspark.sql import functions as F
+
+    check_checkpoint(spark, checkpoint, paths)
+    # Each micro-batch lists its files as separate paths; Spark's default turns that into one
+    # listing task per file (thousands of tasks). A few tasks do the same work.
+    spark.conf.set("spark.sql.sources.parallelPartitionDiscovery.parallelism", str(_listing_tasks(spark)))
     reader = (
         spark.readStream.format("binaryFile")
         .schema(BINARY_FILE_SCHEMA)
         .option("maxFilesPerTrigger", max_files_per_batch)
+        .option("maxFileAge", max_file_age)
     )
     if recursive:
         reader = reader.option("recursiveFileLookup", "true")
     if path_glob:
         reader = reader.option("pathGlobFilter", path_glob)
-    stream = reader.load(landing)
+    # In a stream, current_timestamp() is the micro-batch's planned time, recorded in the checkpoint's
+    # offset log: a replayed batch gets the same value, so its rows are identical.
+    stream = reader.load(landing).withColumn("batch_time", F.current_timestamp())
+    read_locally = is_local(landing)
     total = IngestCounts()
 
     def each_batch(files: DataFrame, batch_id: int) -> None:
         total.add(
             write_batch(
-                spark, files, batch_id, paths=paths, run_id=run_id, max_pixels=max_pixels, max_file_bytes=max_file_bytes
+                spark,
+                files,
+                batch_id,
+                paths=paths,
+                run_id=run_id,
+                max_pixels=max_pixels,
+                max_file_bytes=max_file_bytes,
+                read_locally=read_locally,
+                modified_after=modified_after,
+                checkpoint=checkpoint,
             )
         )
+        if after_batch_written is not None:
+            after_batch_written(batch_id)
 
     query = (
         stream.writeStream.foreachBatch(each_batch)
@@ -273,31 +619,84 @@ def ingest_landing(
         .trigger(availableNow=True)
         .start()
     )
-    query.awaitTermination()
+    try:
+        query.awaitTermination()
+    except StreamingQueryException as exc:
+        message = str(exc)
+        head = message.split("=== Streaming Query ===", maxsplit=1)[0]
+        if "FOREACH_BATCH_USER_FUNCTION_ERROR" not in head and (
+            checkpoint in head or any(word in head.lower() for word in ("malformed", "log file", "checkpoint"))
+        ):
+            raise JobError(
+                f"checkpoint {checkpoint} is unreadable ({message.splitlines()[0]}): restore it from a backup"
+            ) from exc
+        raise
     return total
 
 
+def parse_timestamp(value: str) -> datetime:
+    """``--modified-after`` as a datetime (ISO 8601)."""
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise JobError(
+            f"--modified-after {value!r} is not a timestamp: use ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00"
+        ) from exc
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from spark_jobs.records import SOURCES
+
     parser = argparse.ArgumentParser(prog="ingest", description="Load newly landed files into the images table.")
     parser.add_argument("--home", default=default_home(), help="RESCORE_HOME: root of tables and checkpoints")
     parser.add_argument("--landing", default=None, help="folder or Hadoop URI to read (default: <home>/landing)")
     parser.add_argument("--checkpoint", default=None, help="stream checkpoint (default: <home>/checkpoints/ingest)")
     parser.add_argument("--run-id", default="manual", help="Airflow run id recorded on every row")
+    parser.add_argument(
+        "--source",
+        default="images",
+        help=f"what the landing folder holds: one of {', '.join(SOURCES)} (default images)",
+    )
+    parser.add_argument("--name", default=None, help="table name under warehouse/records for record sources")
+    parser.add_argument("--path-column", default=None, help="record sources: column holding an image path")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     parser.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
     parser.add_argument("--path-glob", default=None, help="only files whose name matches, e.g. '*.jpg'")
     parser.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    parser.add_argument("--modified-after", default=None, help="ignore files modified at or before this time")
+    parser.add_argument("--max-files-per-batch", type=int, default=DEFAULT_MAX_FILES_PER_BATCH)
     return parser.parse_args(argv)
 
 
 def _main(argv: list[str] | None) -> int:
+    from spark_jobs.records import SOURCES, ingest_records
+
     args = parse_args(argv)
+    if args.source not in SOURCES:
+        raise JobError(f"unknown --source {args.source!r}: use one of {', '.join(SOURCES)}")
+    for option, value in (("--max-pixels", args.max_pixels), ("--max-file-bytes", args.max_file_bytes)):
+        if value <= 0:
+            raise JobError(f"{option} {value} must be a positive number")
     paths = RescorePaths(args.home)
     landing = args.landing or paths.landing
+    modified_after = parse_timestamp(args.modified_after) if args.modified_after else None
     spark = get_spark("rescore-ingest")
     if not path_exists(spark, landing):
         raise JobError(f"landing folder {landing} does not exist: create it, or pass --landing with the right path")
     started = time.perf_counter()
+    if args.source != "images":
+        return ingest_records(
+            spark,
+            paths=paths,
+            source=args.source,
+            landing=landing,
+            name=args.name,
+            checkpoint=args.checkpoint,
+            run_id=args.run_id,
+            path_glob=args.path_glob,
+            recursive=not args.no_recursive,
+            path_column=args.path_column,
+        )
     counts = ingest_landing(
         spark,
         paths=paths,
@@ -308,19 +707,13 @@ def _main(argv: list[str] | None) -> int:
         max_file_bytes=args.max_file_bytes,
         path_glob=args.path_glob,
         recursive=not args.no_recursive,
+        modified_after=modified_after,
+        max_files_per_batch=args.max_files_per_batch,
     )
     elapsed = time.perf_counter() - started
     if counts.seen == 0:
         log.info("no new files in %s since the last run", landing)
-    log.info(
-        "ingest done in %.1f s: %d files seen = %d accepted + %d rejected + %d duplicates (%s)",
-        elapsed,
-        counts.seen,
-        counts.accepted,
-        counts.rejected,
-        counts.duplicates,
-        "reconciled" if counts.reconciles else "DOES NOT RECONCILE",
-    )
+    log.info("ingest done in %.1f s: %s", elapsed, counts.summary())
     return 0 if counts.reconciles else 1
 
 

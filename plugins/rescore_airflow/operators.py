@@ -9,17 +9,22 @@ cluster is a connection change, not a code change.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk import BaseOperator, Param
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from rescore_airflow import settings
+from rescore_airflow.links import REPORT_URL_XCOM_KEY, ValidationReportLink, report_url
 from rescore_airflow.packaging import build_spark_jobs_zip
 from spark_jobs.contract import RescorePaths
+from spark_jobs.gates import GATES_CONFIG_ENV, THRESHOLD_NAMES, gates_config_path
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -86,40 +91,83 @@ class RescoreSparkSubmitOperator(SparkSubmitOperator):
 class IngestImagesOperator(RescoreSparkSubmitOperator):
     """Load the files that arrived in the landing folder into the ``images`` table, once each.
 
+    With ``source`` other than ``images`` it loads Parquet, CSV, JSON or TFRecord files into
+    ``warehouse/records/<table_name>`` instead (see ``docs/ingest.md``).
+
     :param landing: folder or Hadoop URI to read (templated); default ``<home>/landing``.
+    :param source: ``images`` (default), ``parquet``, ``csv``, ``json`` or ``tfrecord``.
+    :param table_name: record sources: table name under ``warehouse/records`` (default: the source).
+    :param path_column: record sources: the column holding image paths, checked to exist.
+    :param checkpoint: stream checkpoint folder; default ``<home>/checkpoints/ingest``.
     :param max_pixels: images with more pixels are rejected as decompression bombs.
     :param max_file_bytes: larger files are stored by path only.
     :param path_glob: only take files whose name matches (templated), e.g. ``*.jpg``.
+    :param recursive: descend into sub-folders of the landing folder (default True).
+    :param modified_after: ignore files modified at or before this ISO 8601 time (templated).
+    :param max_files_per_batch: files per micro-batch (each batch is one partition of the tables).
     """
 
     job = "ingest"
-    template_fields: Sequence[str] = (*RescoreSparkSubmitOperator.template_fields, "landing", "path_glob")
+    template_fields: Sequence[str] = (
+        *RescoreSparkSubmitOperator.template_fields,
+        "landing",
+        "path_glob",
+        "modified_after",
+    )
 
     def __init__(
         self,
         *,
         landing: str | None = None,
+        source: str = "images",
+        table_name: str | None = None,
+        path_column: str | None = None,
+        checkpoint: str | None = None,
         max_pixels: int | None = None,
         max_file_bytes: int | None = None,
         path_glob: str | None = None,
+        recursive: bool = True,
+        modified_after: str | None = None,
+        max_files_per_batch: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.landing = landing
+        self.source = source
+        self.table_name = table_name
+        self.path_column = path_column
+        self.checkpoint = checkpoint
         self.max_pixels = max_pixels
         self.max_file_bytes = max_file_bytes
         self.path_glob = path_glob
+        self.recursive = recursive
+        self.modified_after = modified_after
+        self.max_files_per_batch = max_files_per_batch
 
     def job_arguments(self) -> list[str]:
         args = super().job_arguments()
         if self.landing:
             args += ["--landing", self.landing]
+        if self.source != "images":
+            args += ["--source", self.source]
+        if self.table_name:
+            args += ["--name", self.table_name]
+        if self.path_column:
+            args += ["--path-column", self.path_column]
+        if self.checkpoint:
+            args += ["--checkpoint", self.checkpoint]
         if self.max_pixels is not None:
             args += ["--max-pixels", str(self.max_pixels)]
         if self.max_file_bytes is not None:
             args += ["--max-file-bytes", str(self.max_file_bytes)]
         if self.path_glob:
             args += ["--path-glob", self.path_glob]
+        if not self.recursive:
+            args += ["--no-recursive"]
+        if self.modified_after:
+            args += ["--modified-after", self.modified_after]
+        if self.max_files_per_batch is not None:
+            args += ["--max-files-per-batch", str(self.max_files_per_batch)]
         return args
 
 
@@ -212,14 +260,127 @@ class ScoreImagesOperator(_ModelJobOperator):
         return args
 
 
+def _given(value: Any) -> bool:
+    """Whether a (rendered) argument carries a value; a null Param renders as ``"None"``."""
+    return value not in (None, "", "None")
+
+
+#: DAG Params of the validation thresholds that a triggered run may override; ``None`` (the
+#: default) keeps the value of the gates file.
+VALIDATION_PARAMS: dict[str, tuple[str, str]] = {
+    "max_missing": ("integer", "Images in scope allowed to lack a prediction."),
+    "max_invalid": ("integer", "Rows allowed to break each sanity invariant (NaN, range, sum, label)."),
+    "max_label_change_share": ("number", "Largest share of images whose label may change vs the promoted version."),
+    "max_psi": ("number", "Largest population stability index of the scores vs the promoted version."),
+}
+
+
+def validation_params() -> dict[str, Param]:
+    """The validation-threshold Params a DAG exposes; empty means the gates file decides."""
+    return {
+        name: Param(
+            None,
+            type=["null", kind],
+            minimum=0,
+            description=f"{text} Empty: the value in include/validation/gates.toml (or $RESCORE_GATES_CONFIG).",
+        )
+        for name, (kind, text) in VALIDATION_PARAMS.items()
+    }
+
+
+def validation_thresholds_from_params() -> dict[str, str]:
+    """``thresholds=`` for :class:`ValidatePredictionsOperator`: each Param, rendered at run time."""
+    return {name: f"{{{{ params.{name} }}}}" for name in VALIDATION_PARAMS}
+
+
 class ValidatePredictionsOperator(_ModelJobOperator):
     """Validate a model version's predictions; the task fails when any gate fails.
 
+    The job writes ``$RESCORE_HOME/reports/<model>/<version>/<run>.{json,html}``. The task logs
+    the HTML report's path and a one-line verdict, pushes the report's URL to XCom for the
+    "Validation report" extra link, and when gates fail raises an error naming every one of them
+    (without retries: the same predictions would fail the same gates).
+
     :param model_name: model whose predictions are checked (templated).
     :param model_version: version (templated); empty means the promoted version, else the champion.
+    :param thresholds: per-run threshold overrides, e.g. ``{"max_psi": 0.3}`` (templated; names
+        as in ``include/validation/gates.toml``; empty or ``None`` values keep the file's value).
+    :param from_date: first ingestion date in scope, ``YYYY-MM-DD``, inclusive (templated).
+    :param to_date: last ingestion date in scope, ``YYYY-MM-DD``, inclusive (templated).
     """
 
     job = "validate"
+    template_fields: Sequence[str] = (*_ModelJobOperator.template_fields, "thresholds", "from_date", "to_date")
+    operator_extra_links = (ValidationReportLink(),)
+
+    def __init__(
+        self,
+        *,
+        thresholds: dict[str, Any] | None = None,
+        from_date: str | None = None,
+        to_date: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        unknown = sorted(set(thresholds or {}) - set(THRESHOLD_NAMES))
+        if unknown:
+            raise ValueError(f"unknown validation thresholds {unknown}: use names from {list(THRESHOLD_NAMES)}")
+        self.thresholds = dict(thresholds or {})
+        self.from_date = from_date
+        self.to_date = to_date
+
+    def job_arguments(self) -> list[str]:
+        args = super().job_arguments()
+        if _given(self.from_date):
+            args += ["--from-date", str(self.from_date)]
+        if _given(self.to_date):
+            args += ["--to-date", str(self.to_date)]
+        for name in THRESHOLD_NAMES:
+            if _given(self.thresholds.get(name)):
+                args += ["--" + name.replace("_", "-"), str(self.thresholds[name])]
+        return args
+
+    def _report_written_since(self, started: float) -> Path | None:
+        """The JSON report this run's job wrote (the version may have been resolved by the job)."""
+        from spark_jobs.validate import report_stem
+
+        version = str(self.model_version) if _given(self.model_version) else "*"
+        stem = report_stem(RescorePaths(self.rescore_home).reports, self.model_name, version, self.run_label)
+        fresh = [p for p in stem.parent.parent.glob(f"{version}/{stem.name}.json") if p.stat().st_mtime >= started]
+        return max(fresh, key=lambda p: p.stat().st_mtime) if fresh else None
+
+    def execute(self, context: Context) -> None:
+        started = time.time()
+        # The job finds the thresholds file even when spark_jobs runs from the --py-files zip.
+        self.env_vars = {GATES_CONFIG_ENV: str(gates_config_path()), **(self.env_vars or {})}
+        job_error: AirflowException | None = None
+        try:
+            super().execute(context)
+        except AirflowException as exc:
+            job_error = exc
+        report_file = self._report_written_since(started)
+        if report_file is None:
+            if job_error is not None:
+                raise job_error
+            raise AirflowException(
+                f"validate exited 0 but wrote no report for run {self.run_label!r} under "
+                f"{RescorePaths(self.rescore_home).reports}/{self.model_name}: see the job's log above"
+            )
+        report = json.loads(report_file.read_text())
+        html = report.get("files", {}).get("html", str(report_file.with_suffix(".html")))
+        url = report_url(html, RescorePaths(self.rescore_home).reports)
+        context["ti"].xcom_push(key=REPORT_URL_XCOM_KEY, value=url)
+        self.log.info("validation report: %s", html)
+        self.log.info("%s", report["verdict"])
+        if not report["passed"]:
+            failed = report["failed_gates"]
+            # The same predictions fail the same gates again: no retry.
+            raise AirflowFailException(
+                f"validation of {report['model_name']} v{report['model_version']} failed "
+                f"{len(failed)} gate(s): {', '.join(failed)}; report: {url}"
+            ) from job_error
+        if job_error is not None:
+            raise job_error
 
 
 class PromotePredictionsOperator(BaseOperator):

@@ -45,6 +45,47 @@ def test_ingest_operator_builds_the_spark_submit_command() -> None:
     ]  # fmt: skip
 
 
+def test_ingest_operator_passes_every_stream_and_source_option() -> None:
+    from rescore_airflow.operators import IngestImagesOperator
+
+    # Given an ingest task for TFRecord files with every option set
+    op = IngestImagesOperator(
+        task_id="ingest",
+        rescore_home=HOME,
+        run_label="run-1",
+        landing="hdfs:///lake/features",
+        source="tfrecord",
+        table_name="features",
+        path_column="image_path",
+        checkpoint="/data/ckpt/features",
+        max_pixels=5000,
+        max_file_bytes=10,
+        path_glob="*.tfrecord",
+        recursive=False,
+        modified_after="2026-01-01",
+        max_files_per_batch=500,
+    )
+    # When the command is built
+    cmd = op.spark_submit_command()
+    # Then each option is one flag of the ingest job, in a fixed order
+    assert cmd[cmd.index(str(ROOT / "spark_jobs" / "ingest.py")) + 1 :] == [
+        "--home", HOME,
+        "--run-id", "run-1",
+        "--landing", "hdfs:///lake/features",
+        "--source", "tfrecord",
+        "--name", "features",
+        "--path-column", "image_path",
+        "--checkpoint", "/data/ckpt/features",
+        "--max-pixels", "5000",
+        "--max-file-bytes", "10",
+        "--path-glob", "*.tfrecord",
+        "--no-recursive",
+        "--modified-after", "2026-01-01",
+        "--max-files-per-batch", "500",
+    ]  # fmt: skip
+    assert {"landing", "path_glob", "modified_after"} <= set(op.template_fields)
+
+
 def test_score_operator_builds_the_spark_submit_command() -> None:
     from rescore_airflow.operators import ScoreImagesOperator
 

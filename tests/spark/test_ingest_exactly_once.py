@@ -1,0 +1,175 @@
+"""Exactly once: files landing mid-run, crashed and retried runs, and the stream's file options."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from spark_jobs.ingest import IngestCounts
+
+pytestmark = pytest.mark.spark
+
+
+def _png(shade: int, size: tuple[int, int] = (12, 10)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (shade, 255 - shade, 7)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _land(landing: Path, name: str, data: bytes) -> Path:
+    target = landing / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return target
+
+
+def _ingest(spark: SparkSession, home: Path, **options: Any) -> IngestCounts:
+    from spark_jobs.contract import RescorePaths
+    from spark_jobs.ingest import ingest_landing
+
+    paths = RescorePaths(str(home))
+    return ingest_landing(
+        spark,
+        paths=paths,
+        landing=str(home / "landing"),
+        checkpoint=f"{paths.checkpoints}/ingest",
+        run_id=options.pop("run_id", "run-1"),
+        **options,
+    )
+
+
+def _table(spark: SparkSession, home: Path, name: str) -> list[dict[str, Any]]:
+    """Every row of a table, as dicts, in a stable order."""
+    path = home / "warehouse" / name
+    if not path.exists():
+        return []
+    rows = [r.asDict() for r in spark.read.parquet(str(path)).collect()]
+    return sorted(rows, key=lambda r: (r["path"], r["ingest_batch"]))
+
+
+def _names(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted(Path(r["path"]).name for r in rows)
+
+
+def test_a_file_landing_mid_run_is_taken_by_the_next_run_exactly_once(spark: SparkSession, rescore_home: Path) -> None:
+    landing = rescore_home / "landing"
+    _land(landing, "a.png", _png(1))
+    _land(landing, "b.png", _png(2))
+
+    # Given a run during which c.png lands (after the first batch is written, before it commits)
+    def land_during_run(batch_id: int) -> None:
+        if batch_id == 0:
+            _land(landing, "c.png", _png(3))
+
+    first = _ingest(spark, rescore_home, after_batch_written=land_during_run)
+    # Then that run takes only what had landed when it started
+    assert (first.seen, first.accepted) == (2, 2)
+    assert _names(_table(spark, rescore_home, "images")) == ["a.png", "b.png"]
+    # When the next run comes
+    second = _ingest(spark, rescore_home, run_id="run-2")
+    # Then it takes the late file, once
+    assert (second.seen, second.accepted, second.duplicates) == (1, 1, 0)
+    third = _ingest(spark, rescore_home, run_id="run-3")
+    assert third.seen == 0
+    assert _names(_table(spark, rescore_home, "image_paths")) == ["a.png", "b.png", "c.png"]
+    assert _names(_table(spark, rescore_home, "images")) == ["a.png", "b.png", "c.png"]
+
+
+def test_a_run_that_crashes_before_its_checkpoint_commits_is_replayed_to_identical_tables(
+    spark: SparkSession, rescore_home: Path
+) -> None:
+    import time
+
+    landing = rescore_home / "landing"
+    landed = [_land(landing, name, _png(10 * i)) for i, name in enumerate(["a.png", "b.png", "c.png", "d.png"])]
+    landed.append(_land(landing, "e-copy-of-a.png", _png(0)))  # same bytes as a.png, in the second batch
+    landed.append(_land(landing, "f.txt", b"not an image"))
+    # The stream takes files oldest first: distinct times make the two batches a-c and d-f.
+    for i, path in enumerate(landed):
+        os.utime(path, (time.time() - 100 + i, time.time() - 100 + i))
+
+    # Given a run that dies after writing its second batch's partitions, before Spark commits it
+    def crash(batch_id: int) -> None:
+        if batch_id == 1:
+            raise RuntimeError("simulated crash between partition write and checkpoint commit")
+
+    with pytest.raises(Exception, match="simulated crash"):
+        _ingest(spark, rescore_home, max_files_per_batch=3, after_batch_written=crash)
+    after_crash = {t: _table(spark, rescore_home, t) for t in ("images", "image_paths", "rejects")}
+    assert {r["ingest_batch"] for r in after_crash["image_paths"]} == {"0", "1"}
+
+    # When the same task is retried
+    retried = _ingest(spark, rescore_home, max_files_per_batch=3)
+    # Then Spark replays the uncommitted batch into exactly the rows it wrote before the crash
+    after_retry = {t: _table(spark, rescore_home, t) for t in ("images", "image_paths", "rejects")}
+    assert after_retry == after_crash
+    assert (retried.seen, retried.accepted, retried.rejected, retried.duplicates) == (3, 1, 1, 1)
+    assert _names(after_retry["images"]) == ["a.png", "b.png", "c.png", "d.png"]
+    assert _names(after_retry["rejects"]) == ["f.txt"]
+    assert len(after_retry["image_paths"]) == 5
+    # And a plain re-run changes nothing
+    again = _ingest(spark, rescore_home, max_files_per_batch=3)
+    assert again.seen == 0
+    assert {t: _table(spark, rescore_home, t) for t in ("images", "image_paths", "rejects")} == after_retry
+
+
+def test_recursive_and_glob_options_choose_the_files(spark: SparkSession, rescore_home: Path) -> None:
+    landing = rescore_home / "landing"
+    _land(landing, "top.png", _png(1))
+    _land(landing, "top.jpg.txt", b"a note beside the images")
+    _land(landing, "sub/deep.png", _png(2))
+
+    counts = _ingest(spark, rescore_home, recursive=False, path_glob="*.png")
+
+    assert (counts.seen, counts.accepted) == (1, 1)
+    assert _names(_table(spark, rescore_home, "images")) == ["top.png"]
+    assert _table(spark, rescore_home, "rejects") == []
+
+
+def test_modified_after_skips_older_files_and_old_timestamps_are_not_lost_otherwise(
+    spark: SparkSession, rescore_home: Path
+) -> None:
+    from datetime import datetime
+
+    landing = rescore_home / "landing"
+    old = _land(landing, "old.png", _png(1))
+    os.utime(old, (1_600_000_000, 1_600_000_000))  # September 2020
+    _land(landing, "new.png", _png(2))
+
+    # Given --modified-after 2024-01-01
+    counts = _ingest(spark, rescore_home, modified_after=datetime(2024, 1, 1))
+    # Then the old file is consumed as skipped and the new one ingested
+    assert (counts.seen, counts.accepted, counts.skipped) == (1, 1, 1)
+    assert _names(_table(spark, rescore_home, "images")) == ["new.png"]
+
+    # When a file copied with an old timestamp lands later (cp -p), without --modified-after
+    copied = _land(landing, "copied.png", _png(3))
+    os.utime(copied, (1_600_000_000, 1_600_000_000))
+    later = _ingest(spark, rescore_home, run_id="run-2")
+    # Then it is still taken (Spark's default maxFileAge of 7 days would drop it silently)
+    assert (later.seen, later.accepted) == (1, 1)
+    assert _names(_table(spark, rescore_home, "images")) == ["copied.png", "new.png"]
+
+
+def test_a_missing_checkpoint_with_a_filled_table_is_refused(spark: SparkSession, rescore_home: Path) -> None:
+    import shutil
+
+    from spark_jobs.session import JobError
+
+    _land(rescore_home / "landing", "a.png", _png(1))
+    _ingest(spark, rescore_home)
+    # Given the checkpoint was lost while the images table holds data
+    shutil.rmtree(rescore_home / "checkpoints" / "ingest")
+    # Then ingest refuses instead of taking everything again into batch 0
+    with pytest.raises(JobError, match=r"checkpoint .*checkpoints/ingest is missing .* Restore the checkpoint"):
+        _ingest(spark, rescore_home)
+    assert _names(_table(spark, rescore_home, "images")) == ["a.png"]

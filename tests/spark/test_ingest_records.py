@@ -1,0 +1,163 @@
+"""Record sources: TFRecord written by TensorFlow itself, and Parquet/CSV/JSON tables."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+pytestmark = pytest.mark.spark
+
+
+def _write_tfrecord(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write tf.train.Example records with TensorFlow's own writer."""
+    import tensorflow as tf
+
+    def feature(value: Any) -> tf.train.Feature:
+        if value == []:  # an empty list is written as an empty float list in these tests
+            return tf.train.Feature(float_list=tf.train.FloatList(value=[]))
+        values = value if isinstance(value, list) else [value]
+        if all(isinstance(v, bytes) for v in values):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+        if all(isinstance(v, int) for v in values):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            example = tf.train.Example(features=tf.train.Features(feature={k: feature(v) for k, v in record.items()}))
+            writer.write(example.SerializeToString())
+
+
+def _ingest_records(spark: SparkSession, home: Path, source: str, **options: Any) -> int:
+    from spark_jobs.contract import RescorePaths
+    from spark_jobs.records import ingest_records
+
+    return ingest_records(
+        spark,
+        paths=RescorePaths(str(home)),
+        source=source,
+        landing=str(home / "landing"),
+        name=options.pop("name", None),
+        checkpoint=None,
+        run_id="r",
+        **options,
+    )
+
+
+def test_tfrecord_files_written_by_tensorflow_round_trip_into_typed_columns(
+    spark: SparkSession, rescore_home: Path
+) -> None:
+    landing = rescore_home / "landing"
+    # Given two TFRecord files written by TensorFlow, and one cut off half-way
+    _write_tfrecord(
+        landing / "part-0.tfrecord",
+        [
+            {"id": 1, "score": 0.5, "embedding": [1.0, 2.0, 3.0], "label": b"cat", "raw": b"\xff\x00", "big": -(2**40)},
+            {"id": 2, "score": 1.25, "embedding": [4.0], "label": b"dog", "raw": b"\xfe"},
+        ],
+    )
+    _write_tfrecord(
+        landing / "sub" / "part-1.tfrecord", [{"id": 3, "score": -2.0, "embedding": [], "label": b"\xc3\xa9"}]
+    )
+    _write_tfrecord(landing / "broken.tfrecord", [{"id": 9, "label": b"lost"}] * 3)
+    data = (landing / "broken.tfrecord").read_bytes()
+    (landing / "broken.tfrecord").write_bytes(data[: len(data) - 7])
+
+    # When ingest runs with --source tfrecord
+    assert _ingest_records(spark, rescore_home, "tfrecord", name="features") == 0
+
+    table = spark.read.parquet(str(rescore_home / "warehouse" / "records" / "features"))
+    # Then every feature is a typed column (written down by hand from what was written above)
+    types = dict(table.dtypes)
+    assert {k: types[k] for k in ("id", "score", "embedding", "label", "raw", "big", "record_index")} == {
+        "id": "bigint",
+        "score": "float",
+        "embedding": "array<float>",
+        "label": "string",
+        "raw": "binary",
+        "big": "bigint",
+        "record_index": "bigint",
+    }
+    rows = sorted(table.collect(), key=lambda r: r.id)
+    assert [(r.id, r.score, r.embedding, r.label, r.record_index) for r in rows] == [
+        (1, 0.5, [1.0, 2.0, 3.0], "cat", 0),
+        (2, 1.25, [4.0], "dog", 1),
+        (3, -2.0, [], "é", 0),
+    ]
+    assert [bytes(r.raw) if r.raw is not None else None for r in rows] == [b"\xff\x00", b"\xfe", None]
+    assert [r.big for r in rows] == [-(2**40), None, None]
+    assert Path(rows[2].source_path).name == "part-1.tfrecord"
+    # And the cut-off file is rejected whole, with its reason
+    (reject,) = spark.read.parquet(str(rescore_home / "warehouse" / "records" / "features_rejects")).collect()
+    assert Path(reject.path).name == "broken.tfrecord"
+    assert reject.reason.startswith("damaged TFRecord file: record 2: file ends inside the record data (cut off)")
+
+    # When another file lands and ingest runs again
+    _write_tfrecord(landing / "part-2.tfrecord", [{"id": 4, "score": 3.0, "embedding": [5.0, 6.0], "label": b"ox"}])
+    _ingest_records(spark, rescore_home, "tfrecord", name="features")
+    # Then only its record is added
+    ids = sorted(r.id for r in spark.read.parquet(str(rescore_home / "warehouse" / "records" / "features")).collect())
+    assert ids == [1, 2, 3, 4]
+
+
+def test_csv_json_and_parquet_tables_keep_their_columns(spark: SparkSession, rescore_home: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    landing = rescore_home / "landing"
+    (landing / "csv").mkdir(parents=True)
+    (landing / "csv" / "manifest.csv").write_text("path,label,weight\n/lake/a.jpg,cat,0.5\n/lake/b.jpg,dog,2\n")
+    (landing / "json").mkdir()
+    (landing / "json" / "f.json").write_text('{"x": 1, "y": 2.5}\n{"x": 3, "y": -1.0}\n')
+    (landing / "parquet").mkdir()
+    pq.write_table(pa.table({"image_path": ["/lake/c.png"], "f0": [0.25]}), landing / "parquet" / "p.parquet")
+
+    from spark_jobs.contract import RescorePaths
+    from spark_jobs.records import ingest_records
+
+    def run(source: str, **options: Any) -> list[Any]:
+        ingest_records(
+            spark,
+            paths=RescorePaths(str(rescore_home)),
+            source=source,
+            landing=str(landing / source),
+            name=None,
+            checkpoint=None,
+            run_id="r",
+            **options,
+        )
+        table = spark.read.parquet(str(rescore_home / "warehouse" / "records" / source))
+        return [table.dtypes, sorted(tuple(r)[:-4] for r in table.select(*table.columns).collect())]
+
+    csv_types, csv_rows = run("csv", path_column="path")
+    assert csv_types[:3] == [("path", "string"), ("label", "string"), ("weight", "double")]
+    assert csv_rows == [("/lake/a.jpg", "cat", 0.5), ("/lake/b.jpg", "dog", 2.0)]
+    json_types, json_rows = run("json")
+    assert json_types[:2] == [("x", "bigint"), ("y", "double")]
+    assert json_rows == [(1, 2.5), (3, -1.0)]
+    parquet_types, parquet_rows = run("parquet", path_column="image_path")
+    assert parquet_types[:2] == [("image_path", "string"), ("f0", "double")]
+    assert parquet_rows == [("/lake/c.png", 0.25)]
+    source = spark.read.parquet(str(rescore_home / "warehouse" / "records" / "csv")).select("source_path").first()
+    assert source is not None and source[0].endswith("manifest.csv")
+
+
+def test_a_missing_path_column_names_the_columns(
+    spark: SparkSession, rescore_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from spark_jobs.ingest import main
+
+    (rescore_home / "landing").mkdir()
+    (rescore_home / "landing" / "m.csv").write_text("file,label\n/a.jpg,cat\n")
+    with caplog.at_level(logging.ERROR, logger="rescore.ingest"):
+        rc = main(["--home", str(rescore_home), "--source", "csv", "--path-column", "path"])
+    assert rc == 2
+    assert "--path-column 'path' is not a column of the tables in" in caplog.text
+    assert "(columns: file, label)" in caplog.text
