@@ -18,7 +18,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test lint typecheck unit bench lock clean-home help airflow cluster-up cluster-down
+.PHONY: install demo test lint typecheck unit bench lock clean-home help airflow cluster-up cluster-down publish
 
 help:
 	@echo "make demo   - install (if needed) and run the whole story on the embedded defaults"
@@ -42,6 +42,10 @@ demo: install
 # The embedded Airflow on 127.0.0.1:8080 (SQLite, LocalExecutor); Ctrl-C stops every component.
 airflow: install
 	include/airflow_local.sh
+
+# Train the example models (PyTorch CNN, Keras MobileNetV2) on generated shapes and publish them.
+publish: install
+	$(BIN)/python -m include.publish train --framework all
 
 # A standalone Spark cluster on 127.0.0.1 (master :7077, two 1-core workers), logs under $RESCORE_HOME/cluster.
 cluster-up: install
