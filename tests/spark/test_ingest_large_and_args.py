@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     import numpy as np
     from pyspark.sql import SparkSession
 
+    from spark_jobs.models import BatchOutput
+
 pytestmark = pytest.mark.spark
 
 
@@ -43,6 +45,11 @@ class _BrightnessPredictor:
         light = (batch.mean(axis=(1, 2, 3)) > 0).astype(np.float32)
         return np.stack([1 - light, light], axis=1)
 
+    def forward(self, batch: np.ndarray) -> BatchOutput:
+        from spark_jobs.models import BatchOutput
+
+        return BatchOutput(probabilities=self.predict(batch), embedding=None)
+
 
 def test_a_file_above_max_file_bytes_is_stored_by_path_and_scored_from_it(
     spark: SparkSession, rescore_home: Path
@@ -51,7 +58,7 @@ def test_a_file_above_max_file_bytes_is_stored_by_path_and_scored_from_it(
 
     from spark_jobs.contract import RescorePaths
     from spark_jobs.ingest import ingest_landing
-    from spark_jobs.score import predict_frame, select_unscored
+    from spark_jobs.score import decode_batch, predict_batch, select_unscored
 
     # Given a white image of a few hundred bytes and a limit of 100 bytes, beside a small file
     landing = rescore_home / "landing"
@@ -84,11 +91,10 @@ def test_a_file_above_max_file_bytes_is_stored_by_path_and_scored_from_it(
     todo = select_unscored(spark.read.parquet(paths.images), None, model_name="brightness", model_version="1")
     todo_rows = sorted(todo.collect(), key=lambda r: r.path)
     predictor = _BrightnessPredictor()
-    result = predict_frame(
-        predictor,  # type: ignore[arg-type]
-        pd.Series([r.content for r in todo_rows]),
-        pd.Series([r.path for r in todo_rows]),
+    decoded = decode_batch(
+        predictor.manifest, pd.Series([r.content for r in todo_rows]), pd.Series([r.path for r in todo_rows])
     )
+    result = predict_batch(predictor, decoded, top_k=1)  # type: ignore[arg-type]
     assert result["error"].isna().all(), result["error"].tolist()
     assert result["label"].tolist() == ["light", "dark"]  # "big white.png" sorts before "tiny.png"
 
