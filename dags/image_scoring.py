@@ -7,7 +7,10 @@ prediction yet from the model version readers currently use (the promoted versio
 registry's champion), then **validate** that version's predictions. The very first validated
 version is **promoted** so readers have predictions; later switches belong to `model_rescore`.
 
-Trigger with params to score with another model or version, or a different batch size.
+Trigger with params to score with another model or version, or a different batch size, or to
+loosen or tighten a validation threshold for this run (`max_missing`, `max_invalid`,
+`max_label_change_share`, `max_psi`; empty keeps `include/validation/gates.toml`).
+The validate task's **Validation report** link opens the HTML report.
 Every task is idempotent: a retry, a cleared task or a backfill never duplicates rows.
 
 Tables live under `$RESCORE_HOME/warehouse`, reports under `$RESCORE_HOME/reports`.
@@ -26,6 +29,8 @@ from rescore_airflow.operators import (
     PromotePredictionsOperator,
     ScoreImagesOperator,
     ValidatePredictionsOperator,
+    validation_params,
+    validation_thresholds_from_params,
 )
 from rescore_airflow.settings import default_model_name
 
@@ -45,6 +50,7 @@ from rescore_airflow.settings import default_model_name
             None, type=["null", "string"], description="Version to score with; empty: the promoted one, else champion."
         ),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="Images per model batch."),
+        **validation_params(),
     },
 )
 def image_scoring() -> None:
@@ -66,6 +72,7 @@ def image_scoring() -> None:
         task_id="validate",
         model_name="{{ params.model_name }}",
         model_version="{{ ti.xcom_pull(task_ids='resolve_model_version') }}",
+        thresholds=validation_thresholds_from_params(),
     )
     bootstrap = PromotePredictionsOperator(
         task_id="promote_if_first",

@@ -8,8 +8,18 @@ and **promotes** them: readers switch in one atomic step. A failing gate fails t
 the old version current; that champion is not re-tried until a new version is published or
 the run is triggered with `retry_failed`.
 
+`from_date` / `to_date` limit re-scoring and validation to images ingested in that range (for a
+quick look at a new version on recent data); the promoted version then serves only those images,
+so leave both empty for a full re-score before a real switch-over.
+
 Making an older, already scored version champion (a rollback) promotes it without recomputing:
 re-scoring only scores images that have no prediction from that version.
+
+Validation gates and their thresholds: `include/validation/gates.toml` (or the file named by
+`$RESCORE_GATES_CONFIG`); trigger with `max_label_change_share`, `max_psi`, ... to override one for
+this run (then also `retry_failed` if that champion already failed). The validate task's
+**Validation report** link opens the HTML report (old vs new label shares, score histograms,
+confusion table).
 
 The registry is the `rescore_registry` connection (default: the model store folder).
 """
@@ -22,7 +32,13 @@ from typing import Any
 from airflow.sdk import Param, dag, task
 
 from rescore_airflow.model_registry import fetch_champion_version
-from rescore_airflow.operators import PromotePredictionsOperator, ScoreImagesOperator, ValidatePredictionsOperator
+from rescore_airflow.operators import (
+    PromotePredictionsOperator,
+    ScoreImagesOperator,
+    ValidatePredictionsOperator,
+    validation_params,
+    validation_thresholds_from_params,
+)
 from rescore_airflow.sensors import ModelVersionSensor
 from rescore_airflow.settings import default_model_name
 
@@ -43,6 +59,19 @@ NEW_VERSION = "{{ ti.xcom_pull(task_ids='wait_for_new_champion') }}"
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="Images per model batch."),
         "keep_versions": Param(3, type="integer", minimum=1, description="Versions of predictions to keep."),
         "retry_failed": Param(False, type="boolean", description="Re-score a champion that failed validation."),
+        "from_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Only re-score and validate images ingested on or after this day (YYYY-MM-DD).",
+        ),
+        "to_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Only re-score and validate images ingested on or before this day (YYYY-MM-DD).",
+        ),
+        **validation_params(),
     },
 )
 def model_rescore() -> None:
@@ -66,9 +95,16 @@ def model_rescore() -> None:
         model_name="{{ params.model_name }}",
         model_version=NEW_VERSION,
         batch_size="{{ params.batch_size }}",
+        from_date="{{ params.from_date }}",
+        to_date="{{ params.to_date }}",
     )
     validate = ValidatePredictionsOperator(
-        task_id="validate", model_name="{{ params.model_name }}", model_version=NEW_VERSION
+        task_id="validate",
+        model_name="{{ params.model_name }}",
+        model_version=NEW_VERSION,
+        thresholds=validation_thresholds_from_params(),
+        from_date="{{ params.from_date }}",
+        to_date="{{ params.to_date }}",
     )
     promote = PromotePredictionsOperator(
         task_id="promote",

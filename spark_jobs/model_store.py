@@ -13,11 +13,13 @@ Standard library only: the Airflow side reads the store at parse and poke time.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,11 +30,72 @@ CHAMPION_FILE = "champion.json"
 FRAMEWORKS = ("pytorch", "keras")
 #: Weight formats that load without unpickling; anything else is refused.
 SAFE_WEIGHT_SUFFIXES = {"pytorch": (".safetensors",), "keras": (".keras",)}
+#: What a model's output layer returns: ``logits`` get a softmax at scoring time.
+OUTPUT_KINDS = ("logits", "probabilities")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ModelStoreError(Exception):
     """A model or version that is missing or malformed; the message says what to do."""
+
+
+class ModelLoadError(ModelStoreError):
+    """A published version whose weights do not load into what its manifest describes."""
+
+
+class UnsafeModelError(ModelStoreError):
+    """A model file that could only be loaded by unpickling it (arbitrary code): always refused."""
+
+
+_PICKLE_HINT = {
+    "pytorch": "save the state_dict with safetensors.torch.save_file(model.state_dict(), 'model.safetensors')",
+    "keras": "save the model with model.save('model.keras') and no Lambda layers holding Python code",
+}
+
+
+def check_weights(framework: str, data: bytes, source: str, *, strict: bool = True) -> None:
+    """Refuse weights that are not in the safe format of ``framework``, pickles above all.
+
+    Only the bytes are inspected, nothing is loaded: a safetensors file starts with the
+    little-endian length of a JSON header; a ``.keras`` file is a zip archive with a
+    ``config.json`` and no pickled member.
+
+    :raises UnsafeModelError: for a pickle (``torch.save``, ``pickle.dump``, ``joblib``) or a
+        zip archive holding one.
+    :raises ModelStoreError: for anything else that is not the expected format (only when
+        ``strict``; publishing refuses pickles, loading refuses everything unexpected).
+    """
+    hint = _PICKLE_HINT.get(framework, "")
+    if data[:1] == b"\x80":  # the PROTO opcode every pickle since protocol 2 starts with
+        raise UnsafeModelError(
+            f"{source} is a Python pickle (torch.save / pickle.dump output): Rescore never unpickles "
+            f"model files because that runs arbitrary code; {hint}"
+        )
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as exc:
+            raise ModelStoreError(f"{source} is a damaged zip archive ({exc}): save the model again") from exc
+        pickled = [n for n in names if n.endswith((".pkl", ".pickle")) or n.endswith("/data.pkl")]
+        if pickled:
+            raise UnsafeModelError(
+                f"{source} is a zip archive holding pickled data ({pickled[0]}), as torch.save writes: "
+                f"Rescore never unpickles model files; {hint}"
+            )
+        if (framework == "keras" and "config.json" in names) or not strict:
+            return
+        raise ModelStoreError(f"{source} is a zip archive but not a .keras model (no config.json): {hint}")
+    if not strict:
+        return
+    if framework == "pytorch" and len(data) >= 10:
+        header_len = int.from_bytes(data[:8], "little")
+        if 0 < header_len <= len(data) - 8 and data[8:9] == b"{":
+            return
+    raise UnsafeModelError(
+        f"{source} is not a {framework} model in a safe format (an old-protocol pickle, or another "
+        f"format that would need unpickling or custom code to load): {hint}"
+    )
 
 
 @dataclass(frozen=True)
@@ -47,7 +110,10 @@ class Manifest:
     :param mean: per-channel normalisation mean (RGB, on 0..1 pixels).
     :param std: per-channel normalisation standard deviation.
     :param weights: file name of the weights inside the version folder.
-    :param output: what the model returns: ``probabilities`` or ``logits`` (softmax is applied).
+    :param output: what the model's last layer returns: ``probabilities`` (already a softmax) or
+        ``logits`` (the scoring job applies a softmax). One output per label, in label order.
+    :param embedding: optional name of a layer (a PyTorch module path such as ``pool``, or a Keras
+        layer name) whose output is written as the ``embedding`` column, flattened per image.
     :param version: filled in by the store when published.
     """
 
@@ -60,6 +126,7 @@ class Manifest:
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     weights: str = "model.safetensors"
     output: str = "logits"
+    embedding: str | None = None
     version: str | None = None
     created_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -84,8 +151,10 @@ class Manifest:
             raise ModelStoreError(f"labels of {self.name!r} must be two or more distinct names, got {self.labels}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ModelStoreError(f"mean/std of {self.name!r} must be three numbers each, std > 0")
-        if self.output not in ("logits", "probabilities"):
-            raise ModelStoreError(f"output of {self.name!r} must be 'logits' or 'probabilities'")
+        if self.output not in OUTPUT_KINDS:
+            raise ModelStoreError(f"output of {self.name!r} is {self.output!r}: use one of {OUTPUT_KINDS}")
+        if self.embedding is not None and not self.embedding.strip():
+            raise ModelStoreError(f"embedding of {self.name!r} is empty: name a layer, or leave it out")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -192,7 +261,14 @@ class ModelStore:
         weights = (self._model_dir(name) / resolved / manifest.weights).read_bytes()
         return ModelVersion(manifest=manifest, weights=weights)
 
-    def publish(self, manifest: Manifest, weights_file: str | os.PathLike[str], *, champion: bool = True) -> str:
+    def publish(
+        self,
+        manifest: Manifest,
+        weights_file: str | os.PathLike[str],
+        *,
+        champion: bool = True,
+        version: str | None = None,
+    ) -> str:
         """Publish a new version and return its number.
 
         The version folder is assembled under a hidden name and renamed into place.
@@ -200,10 +276,19 @@ class ModelStore:
         :param manifest: the model's manifest; ``version`` and ``created_at`` are filled in.
         :param weights_file: the weights, copied under ``manifest.weights``.
         :param champion: also make the new version the champion.
+        :param version: publish under this number (the one an MLflow registry gave the same
+            model) instead of the next free one; refused when it exists.
         """
+        if version is not None and (not version.isdigit() or version in self.versions(manifest.name)):
+            raise ModelStoreError(
+                f"cannot publish {manifest.name} as version {version!r}: it is not a number or already exists "
+                f"(published: {', '.join(self.versions(manifest.name)) or 'none'}); the store and the registry "
+                "are out of step, publish without a fixed version"
+            )
         weights_path = Path(weights_file)
         if not weights_path.is_file():
             raise ModelStoreError(f"weights file {weights_path} does not exist")
+        check_weights(manifest.framework, weights_path.read_bytes(), str(weights_path), strict=False)
         model_dir = self._model_dir(manifest.name)
         model_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
@@ -211,21 +296,21 @@ class ModelStore:
             shutil.copyfile(weights_path, staging / manifest.weights)
             while True:
                 existing = self.versions(manifest.name)
-                version = str(int(existing[-1]) + 1 if existing else 1)
+                number = version or str(int(existing[-1]) + 1 if existing else 1)
                 stamped = Manifest.from_dict(
-                    {**manifest.to_dict(), "version": version, "created_at": datetime.now(UTC).isoformat()}
+                    {**manifest.to_dict(), "version": number, "created_at": datetime.now(UTC).isoformat()}
                 )
                 (staging / MANIFEST_FILE).write_text(stamped.to_json())
                 try:
-                    os.rename(staging, model_dir / version)
+                    os.rename(staging, model_dir / number)
                     break
                 except OSError:
-                    if (model_dir / version).exists():
+                    if (model_dir / number).exists() and version is None:
                         continue  # another publisher took this number: take the next one
                     raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         if champion:
-            self.set_champion(manifest.name, version)
-        return version
+            self.set_champion(manifest.name, number)
+        return number

@@ -1,55 +1,149 @@
-"""Score: predict every image that has no prediction yet from a model version.
+"""Score: predict images from a model version, batch by batch, without holding a partition.
 
 The driver reads the version from the model store once and broadcasts manifest + weights; the
-executors never touch the store. An iterator pandas UDF decodes and preprocesses the bytes and
-runs the model batch by batch, yielding each batch's predictions as soon as they exist, so a
-partition is never held in memory. The model is built once per Python worker process and reused
-across tasks and batches (cache keyed by model name and version; this relies on
-``spark.python.worker.reuse``, Spark's default).
+executors never touch the store. An iterator pandas UDF over the image bytes decodes and
+preprocesses each model batch and runs the model on it, yielding that batch's predictions
+before it takes the next, so a Python worker holds a bounded number of batches whatever the
+partition size (:class:`HeldBatches` counts them). On GPU executors a background thread decodes
+the next batches while the GPU runs (``--decode prefetch``); on CPU executors with one core per
+task decoding inline is faster (``--decode inline``); ``auto`` picks by device.
+
+The model is built once per Python worker process and reused across tasks and batches (cache
+keyed by model name, version and builder); this relies on ``spark.python.worker.reuse``,
+Spark's default. See docs/inference.md.
 
     spark-submit spark_jobs/score.py --home var --model-name shapes [--model-version 2]
+        [--batch-size 64] [--arrow-batch-size 256] [--top-k 3] [--decode auto|inline|prefetch]
+        [--from-date 2026-01-01] [--to-date 2026-01-31] [--force]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import queue
+import threading
 import time
+import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Tuple  # noqa: UP035 - pandas_udf reads typing.Tuple hints
+from typing import TYPE_CHECKING, Any, NamedTuple, Tuple  # noqa: UP035 - pandas_udf reads typing.Tuple hints
 
 import pandas as pd
 
 from spark_jobs.contract import RescorePaths, default_home
 from spark_jobs.current import resolve_version
 from spark_jobs.model_store import Manifest, ModelStore, ModelVersion
-from spark_jobs.session import JobError, get_spark, read_table, run_main
+from spark_jobs.session import JobError, get_spark, path_exists, read_table, run_main
 
 if TYPE_CHECKING:
+    import numpy as np
     from pyspark.broadcast import Broadcast
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
-    from spark_jobs.models import Predictor
+    from spark_jobs.models import Predictor, PredictorBuilder
 
 log = logging.getLogger("rescore.score")
 
 #: Schema of ``warehouse/predictions``, partitioned by ``model_name`` and ``model_version``.
-#: ``error`` is null unless the image could not be decoded at scoring time (then label is null).
+#: ``error`` is null unless the image could not be decoded at scoring time (then label, score,
+#: probabilities and top_k are null). ``top_k`` holds the k most probable labels, best first;
+#: ``embedding`` is null unless the model's manifest names an embedding layer.
 PREDICTIONS_SCHEMA = (
-    "image_id string, label string, score float, probabilities array<float>, error string, "
+    "image_id string, label string, score float, probabilities array<float>, "
+    "top_k array<struct<label:string,score:float>>, embedding array<float>, error string, "
     "scored_at timestamp, run_id string"
 )
-PREDICTION_STRUCT = "label string, score float, probabilities array<float>, error string"
+PREDICTION_STRUCT = (
+    "label string, score float, probabilities array<float>, top_k array<struct<label:string,score:float>>, "
+    "embedding array<float>, error string"
+)
+PREDICTION_FIELDS = ("label", "score", "probabilities", "top_k", "embedding", "error")
 DEFAULT_BATCH_SIZE = 64
+DEFAULT_TOP_K = 3
+DEFAULT_PREFETCH = 2
+DECODE_MODES = ("auto", "inline", "prefetch")
 
-# One predictor per Python worker process, keyed by (model name, version).
-_PREDICTORS: dict[tuple[str, str], Predictor] = {}
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How the UDF scores: plain data, pickled with the UDF to the executors.
+
+    :param batch_size: images per model call.
+    :param top_k: how many labels the ``top_k`` column holds (at most the number of labels).
+    :param decode: ``inline`` (decode in the task's thread), ``prefetch`` (a background thread
+        decodes up to ``prefetch`` batches ahead while the model runs), or ``auto`` (prefetch on
+        GPU, inline on CPU).
+    :param prefetch: decoded batches queued ahead in ``prefetch`` mode.
+    :param mixed_precision: float16 autocast on GPU for PyTorch models.
+    :param builder: turns the broadcast version into a predictor (tests inject fakes); default
+        :func:`spark_jobs.models.build_predictor`.
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    top_k: int = DEFAULT_TOP_K
+    decode: str = "auto"
+    prefetch: int = DEFAULT_PREFETCH
+    mixed_precision: bool = False
+    builder: PredictorBuilder | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise JobError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.top_k < 1:
+            raise JobError(f"top-k must be at least 1, got {self.top_k}")
+        if self.decode not in DECODE_MODES:
+            raise JobError(f"decode mode {self.decode!r} is unknown: use one of {DECODE_MODES}")
+        if self.prefetch < 1:
+            raise JobError(f"prefetch depth must be at least 1, got {self.prefetch}")
+
+    def decode_mode(self, device: str) -> str:
+        """``inline`` or ``prefetch`` for a task running on ``device``."""
+        if self.decode != "auto":
+            return self.decode
+        return "prefetch" if device.startswith("cuda") else "inline"
+
+    def max_held_batches(self, device: str) -> int:
+        """The most model batches the UDF holds at once on ``device`` (what the tests assert)."""
+        # inline: the one being scored; prefetch: the queue, the one the thread decodes, the one scored.
+        return 1 if self.decode_mode(device) == "inline" else self.prefetch + 2
 
 
-def _task_device() -> tuple[str, int | None]:
-    """The GPU Spark assigned to this task, else CPU, and the task's cores."""
+class HeldBatches:
+    """Counts the model batches a UDF holds: taken from the input and not yet yielded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.held = 0
+        self.max_held = 0
+        self.batches = 0
+
+    def reset(self) -> None:
+        with self._lock:
+            self.held = self.max_held = self.batches = 0
+
+    def take(self) -> None:
+        with self._lock:
+            self.held += 1
+            self.batches += 1
+            self.max_held = max(self.max_held, self.held)
+
+    def release(self) -> None:
+        with self._lock:
+            self.held -= 1
+
+
+#: What the UDF in this worker process holds (one task runs at a time in a Python worker).
+HELD = HeldBatches()
+
+# One predictor per Python worker process, keyed by (model name, version, builder).
+_PREDICTORS: dict[tuple[str, str, str], Predictor] = {}
+
+
+def task_device() -> tuple[str, int | None]:
+    """The GPU Spark assigned to this task (``cuda:<address>``), else ``cpu``; and the task's cores."""
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
@@ -62,16 +156,23 @@ def _task_device() -> tuple[str, int | None]:
     return "cpu", cpus
 
 
-def get_predictor(payload: dict[str, Any]) -> Predictor:
+def get_predictor(payload: dict[str, Any], options: ScoringOptions, device: str, cpus: int | None) -> Predictor:
     """Build the predictor for a broadcast payload once per worker process, then reuse it."""
+    from spark_jobs.models import build_predictor
+
+    builder = options.builder or build_predictor
     manifest = Manifest.from_dict(payload["manifest"])
-    key = (manifest.name, str(manifest.version))
+    builder_name = getattr(builder, "__qualname__", type(builder).__qualname__)
+    key = (manifest.name, str(manifest.version), f"{builder.__module__}.{builder_name}")
     predictor = _PREDICTORS.get(key)
     if predictor is None:
-        from spark_jobs.models import build_predictor
-
-        device, cpus = _task_device()
-        predictor = build_predictor(ModelVersion(manifest, payload["weights"]), device=device, num_threads=cpus)
+        log.info("building %s v%s on %s (%s threads)", manifest.name, manifest.version, device, cpus)
+        predictor = builder(
+            ModelVersion(manifest, payload["weights"]),
+            device=device,
+            num_threads=cpus,
+            mixed_precision=options.mixed_precision,
+        )
         _PREDICTORS[key] = predictor
     return predictor
 
@@ -84,13 +185,21 @@ def _read_bytes(content: Any, path: str) -> bytes:
     return Path(local).read_bytes()
 
 
-def predict_frame(predictor: Predictor, contents: pd.Series, paths: pd.Series) -> pd.DataFrame:
-    """Decode, preprocess and predict one batch; undecodable images get an ``error`` and no label."""
+class DecodedBatch(NamedTuple):
+    """One model batch after decoding: the images that decoded, and an error for each that did not."""
+
+    size: int
+    pixels: np.ndarray | None  # N_ok x 3 x H x W
+    ok_rows: list[int]
+    errors: list[str | None]
+
+
+def decode_batch(manifest: Manifest, contents: pd.Series, paths: pd.Series) -> DecodedBatch:
+    """Decode and preprocess one model batch; an undecodable image gets an error, not an exception."""
     import numpy as np
 
     from spark_jobs.images import decode_for_model
 
-    manifest = predictor.manifest
     size = manifest.input_size
     mean = (manifest.mean[0], manifest.mean[1], manifest.mean[2])
     std = (manifest.std[0], manifest.std[1], manifest.std[2])
@@ -103,40 +212,185 @@ def predict_frame(predictor: Predictor, contents: pd.Series, paths: pd.Series) -
             ok_rows.append(i)
         except Exception as exc:  # one bad image must not fail the partition
             errors[i] = f"cannot decode {path}: {exc}"
-    labels: list[str | None] = [None] * len(contents)
-    scores: list[float | None] = [None] * len(contents)
-    probabilities: list[list[float] | None] = [None] * len(contents)
-    if arrays:
-        probs = predictor.predict(np.stack(arrays))
-        top = probs.argmax(axis=1)
-        for row, p, t in zip(ok_rows, probs, top, strict=True):
-            labels[row] = manifest.labels[int(t)]
-            scores[row] = float(p[t])
-            probabilities[row] = p.astype(np.float32).tolist()
-    return pd.DataFrame({"label": labels, "score": scores, "probabilities": probabilities, "error": errors})
+    return DecodedBatch(len(contents), np.stack(arrays) if arrays else None, ok_rows, errors)
 
 
-def make_score_udf(model: Broadcast[dict[str, Any]]):  # type: ignore[no-untyped-def]
-    """The iterator pandas UDF ``(content, path) -> struct<label, score, probabilities, error>``."""
+def predict_batch(predictor: Predictor, batch: DecodedBatch, top_k: int) -> pd.DataFrame:
+    """Run the model on a decoded batch: one row per input image, in :data:`PREDICTION_FIELDS`."""
+    import numpy as np
+
+    labels_of = predictor.manifest.labels
+    n = batch.size
+    labels: list[str | None] = [None] * n
+    scores: list[float | None] = [None] * n
+    probabilities: list[list[float] | None] = [None] * n
+    tops: list[list[dict[str, Any]] | None] = [None] * n
+    embeddings: list[list[float] | None] = [None] * n
+    if batch.pixels is not None:
+        out = predictor.forward(batch.pixels)
+        probs = np.asarray(out.probabilities, dtype=np.float32)
+        k = min(top_k, probs.shape[1])
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        for j, row in enumerate(batch.ok_rows):
+            p = probs[j]
+            best = order[j]
+            labels[row] = labels_of[int(best[0])]
+            scores[row] = float(p[best[0]])
+            probabilities[row] = p.tolist()
+            tops[row] = [{"label": labels_of[int(c)], "score": float(p[c])} for c in best]
+            if out.embedding is not None:
+                embeddings[row] = np.asarray(out.embedding[j], dtype=np.float32).tolist()
+    return pd.DataFrame(
+        {
+            "label": labels,
+            "score": scores,
+            "probabilities": probabilities,
+            "top_k": tops,
+            "embedding": embeddings,
+            "error": batch.errors,
+        }
+    )
+
+
+def _model_batches(
+    arrow_batches: Iterator[tuple[pd.Series, pd.Series]], batch_size: int, held: HeldBatches
+) -> Iterator[tuple[pd.Series, pd.Series]]:
+    """Re-cut Arrow batches into model batches of exactly ``batch_size`` rows (the last may be
+    smaller), counting each as held; a model batch may span two Arrow batches."""
+    contents_parts: list[pd.Series] = []
+    paths_parts: list[pd.Series] = []
+    pending = 0
+    for contents, paths in arrow_batches:
+        start, rows = 0, len(contents)
+        while start < rows:
+            take = min(batch_size - pending, rows - start)
+            contents_parts.append(contents.iloc[start : start + take])
+            paths_parts.append(paths.iloc[start : start + take])
+            pending += take
+            start += take
+            if pending == batch_size:
+                held.take()
+                yield _joined(contents_parts), _joined(paths_parts)
+                contents_parts, paths_parts, pending = [], [], 0
+    if pending:
+        held.take()
+        yield _joined(contents_parts), _joined(paths_parts)
+
+
+def _joined(parts: list[pd.Series]) -> pd.Series:
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator[DecodedBatch], depth: int) -> Iterator[DecodedBatch]:
+    """Run ``items`` in a background thread, at most ``depth`` finished items ahead of the consumer."""
+    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it in the task
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="rescore-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def score_partition(
+    arrow_batches: Iterator[tuple[pd.Series, pd.Series]],
+    predictor: Predictor,
+    options: ScoringOptions,
+    *,
+    device: str = "cpu",
+    held: HeldBatches = HELD,
+) -> Iterator[pd.DataFrame]:
+    """Score ``(content, path)`` Arrow batches, yielding one frame per model batch.
+
+    A batch is released (``held``) only when the consumer comes back for the next one, so the
+    count covers everything alive: queued, being decoded, being scored, and waiting to be sent.
+    """
+    held.reset()
+    manifest = predictor.manifest
+    decoded: Iterator[DecodedBatch] = (
+        decode_batch(manifest, contents, paths)
+        for contents, paths in _model_batches(arrow_batches, options.batch_size, held)
+    )
+    if options.decode_mode(device) == "prefetch":
+        decoded = _prefetched(decoded, options.prefetch)
+    for batch in decoded:
+        yield predict_batch(predictor, batch, options.top_k)
+        held.release()
+    log.info("partition done: %d model batches, at most %d held at once", held.batches, held.max_held)
+
+
+def make_score_udf(model: Broadcast[dict[str, Any]], options: ScoringOptions | None = None):  # type: ignore[no-untyped-def]
+    """The iterator pandas UDF ``(content, path) -> struct<PREDICTION_STRUCT>``."""
     from pyspark.sql.functions import pandas_udf
+
+    opts = options or ScoringOptions()
 
     @pandas_udf(PREDICTION_STRUCT)  # type: ignore[call-overload]
     def score_batches(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:  # noqa: UP006
-        predictor = get_predictor(model.value)
-        for contents, paths in batches:
-            yield predict_frame(predictor, contents, paths)
+        device, cpus = task_device()
+        predictor = get_predictor(model.value, opts, device, cpus)
+        yield from score_partition(batches, predictor, opts, device=device)
 
     return score_batches
 
 
-def select_unscored(
-    images: DataFrame, predictions: DataFrame | None, *, model_name: str, model_version: str
+def select_images(
+    images: DataFrame,
+    predictions: DataFrame | None,
+    *,
+    model_name: str,
+    model_version: str,
+    from_date: date | None = None,
+    to_date: date | None = None,
+    force: bool = False,
 ) -> DataFrame:
-    """Distinct images (by ``image_id``) that have no prediction from this model version yet."""
+    """Distinct images (by ``image_id``) to score with this model version.
+
+    :param from_date: only images ingested on or after this day (``ingested_at``, session time zone).
+    :param to_date: only images ingested on or before this day (inclusive).
+    :param force: also images that already have a prediction from this version (re-score them).
+    """
     from pyspark.sql import functions as F
 
-    distinct = images.select("image_id", "path", "content").dropDuplicates(["image_id"])
-    if predictions is None:
+    if from_date is not None and to_date is not None and from_date > to_date:
+        raise JobError(f"--from-date {from_date} is after --to-date {to_date}: swap them")
+    chosen = images
+    if from_date is not None:
+        chosen = chosen.where(F.to_date("ingested_at") >= F.lit(from_date))
+    if to_date is not None:
+        chosen = chosen.where(F.to_date("ingested_at") <= F.lit(to_date))
+    distinct = chosen.select("image_id", "path", "content").dropDuplicates(["image_id"])
+    if predictions is None or force:
         return distinct
     done = predictions.where((F.col("model_name") == model_name) & (F.col("model_version") == model_version)).select(
         "image_id"
@@ -144,22 +398,31 @@ def select_unscored(
     return distinct.join(done, "image_id", "left_anti")
 
 
+def select_unscored(
+    images: DataFrame, predictions: DataFrame | None, *, model_name: str, model_version: str
+) -> DataFrame:
+    """Distinct images (by ``image_id``) that have no prediction from this model version yet."""
+    return select_images(images, predictions, model_name=model_name, model_version=model_version)
+
+
 def score_images(
-    images: DataFrame, model: Broadcast[dict[str, Any]], *, run_id: str, scored_at: datetime | None = None
+    images: DataFrame,
+    model: Broadcast[dict[str, Any]],
+    *,
+    run_id: str,
+    scored_at: datetime | None = None,
+    options: ScoringOptions | None = None,
 ) -> DataFrame:
     """Predictions for ``images`` (image_id, path, content) in :data:`PREDICTIONS_SCHEMA` order,
     plus ``model_name`` and ``model_version``."""
     from pyspark.sql import functions as F
 
     manifest = model.value["manifest"]
-    udf = make_score_udf(model)
+    udf = make_score_udf(model, options)
     stamp = scored_at or datetime.now(UTC)
     return images.select("image_id", udf("content", "path").alias("p")).select(
         "image_id",
-        F.col("p.label").alias("label"),
-        F.col("p.score").alias("score"),
-        F.col("p.probabilities").alias("probabilities"),
-        F.col("p.error").alias("error"),
+        *(F.col(f"p.{name}").alias(name) for name in PREDICTION_FIELDS),
         F.lit(stamp).cast("timestamp").alias("scored_at"),
         F.lit(run_id).alias("run_id"),
         F.lit(manifest["name"]).alias("model_name"),
@@ -167,21 +430,119 @@ def score_images(
     )
 
 
+def conform_predictions(frame: DataFrame) -> DataFrame:
+    """``frame`` with exactly the columns of :data:`PREDICTIONS_SCHEMA` (older files lack some)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
+    schema = StructType.fromDDL(PREDICTIONS_SCHEMA)
+    assert isinstance(schema, StructType)
+    return frame.select(
+        *(
+            F.col(f.name).cast(f.dataType) if f.name in frame.columns else F.lit(None).cast(f.dataType).alias(f.name)
+            for f in schema.fields
+        )
+    )
+
+
+def _hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hadoop_path
+
+
+def replace_partition(
+    spark: SparkSession, table: str, fresh: DataFrame, *, model_name: str, version: str, rescored: DataFrame
+) -> str:
+    """Replace one version's partition of ``table`` with ``fresh`` + the old rows not re-scored.
+
+    ``rescored`` holds the ``image_id`` of every image ``fresh`` scores (the input of the UDF,
+    so the model does not run twice).
+
+    The new partition is written completely under a hidden staging folder (Spark's readers skip
+    names starting with ``_``), then swapped in with two renames; readers see either the old or
+    the new partition, except for the instant between the renames on a file system where a
+    rename is not atomic (object stores). Returns the partition's path.
+    """
+    partition = f"{table}/model_name={model_name}/model_version={version}"
+    token = uuid.uuid4().hex[:12]
+    staging = f"{table}/_staging-{token}"
+    rows = fresh.drop("model_name", "model_version")
+    if path_exists(spark, partition):
+        kept = conform_predictions(spark.read.parquet(partition)).join(
+            rescored.select("image_id"), "image_id", "left_anti"
+        )
+        rows = conform_predictions(rows).unionByName(kept)
+    conform_predictions(rows).write.mode("overwrite").parquet(staging)
+    fs, partition_path = _hadoop_fs(spark, partition)
+    _, staging_path = _hadoop_fs(spark, staging)
+    _, old_path = _hadoop_fs(spark, f"{table}/_replaced-{token}")
+    fs.mkdirs(partition_path.getParent())
+    had_old = bool(fs.exists(partition_path))
+    if had_old and not fs.rename(partition_path, old_path):
+        raise JobError(f"could not move {partition} aside to replace it: check permissions on {table}")
+    if not fs.rename(staging_path, partition_path):
+        if had_old:
+            fs.rename(old_path, partition_path)
+        raise JobError(f"could not move the re-scored predictions into {partition}; the old ones are kept")
+    if had_old:
+        fs.delete(old_path, True)
+    return partition
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date: use YYYY-MM-DD") from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="score", description="Score unscored images with a model version.")
+    parser = argparse.ArgumentParser(prog="score", description="Score images with a model version.")
     parser.add_argument("--home", default=default_home(), help="RESCORE_HOME: root of tables and models")
     parser.add_argument("--model-name", required=True)
     parser.add_argument(
         "--model-version", default=None, help="version to score with (default: the promoted version, else the champion)"
     )
     parser.add_argument("--models", default=None, help="model store folder (default: <home>/models)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per model call")
     parser.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per model batch, also the Arrow batch size"
+        "--arrow-batch-size",
+        type=int,
+        default=None,
+        help="rows per Arrow batch sent to the Python worker "
+        "(spark.sql.execution.arrow.maxRecordsPerBatch; default: the batch size)",
+    )
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="labels kept in the top_k column")
+    parser.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        default="auto",
+        help="inline: decode in the task thread; prefetch: a background thread decodes ahead; "
+        "auto: prefetch on GPU, inline on CPU",
+    )
+    parser.add_argument("--prefetch", type=int, default=DEFAULT_PREFETCH, help="batches decoded ahead in prefetch mode")
+    parser.add_argument("--mixed-precision", action="store_true", help="float16 autocast on GPU (PyTorch)")
+    parser.add_argument("--from-date", type=_date, default=None, help="only images ingested on/after YYYY-MM-DD")
+    parser.add_argument("--to-date", type=_date, default=None, help="only images ingested on/before YYYY-MM-DD")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="re-score images that already have a prediction from this version, replacing them",
     )
     parser.add_argument("--run-id", default="manual", help="Airflow run id recorded on every row")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.arrow_batch_size is not None and args.arrow_batch_size < 1:
+        parser.error(f"--arrow-batch-size must be at least 1, got {args.arrow_batch_size}")
+    if args.top_k < 1:
+        parser.error(f"--top-k must be at least 1, got {args.top_k}")
+    if args.prefetch < 1:
+        parser.error(f"--prefetch must be at least 1, got {args.prefetch}")
+    if args.from_date and args.to_date and args.from_date > args.to_date:
+        parser.error(f"--from-date {args.from_date} is after --to-date {args.to_date}")
     return args
 
 
@@ -191,36 +552,58 @@ def _main(argv: list[str] | None) -> int:
     store = ModelStore(args.models or paths.models)
     version = resolve_version(paths, store, args.model_name, args.model_version)
     model = store.read(args.model_name, version)
-    spark = get_spark("rescore-score", {"spark.sql.execution.arrow.maxRecordsPerBatch": str(args.batch_size)})
+    options = ScoringOptions(
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        decode=args.decode,
+        prefetch=args.prefetch,
+        mixed_precision=args.mixed_precision,
+    )
+    arrow_batch = args.arrow_batch_size or args.batch_size
+    spark = get_spark("rescore-score", {"spark.sql.execution.arrow.maxRecordsPerBatch": str(arrow_batch)})
     images = read_table(spark, paths.images)
     if images is None:
         raise JobError(f"the images table {paths.images} is empty: run ingest first")
-    todo = select_unscored(
-        images, read_table(spark, paths.predictions), model_name=args.model_name, model_version=version
+    todo = select_images(
+        images,
+        read_table(spark, paths.predictions),
+        model_name=args.model_name,
+        model_version=version,
+        from_date=args.from_date,
+        to_date=args.to_date,
+        force=args.force,
     )
+    scope = f"ingested {args.from_date or 'any time'} .. {args.to_date or 'now'}"
     pending = todo.count()
     if pending == 0:
-        log.info("nothing new to score: every image already has a prediction from %s v%s", args.model_name, version)
+        log.info("nothing to score with %s v%s (%s, force=%s)", args.model_name, version, scope, args.force)
         return 0
     log.info(
-        "scoring %d images with %s v%s (%d weight bytes broadcast)",
+        "scoring %d images (%s%s) with %s v%s: batch %d, Arrow batch %d, top-%d, decode %s; %d weight bytes broadcast",
         pending,
+        scope,
+        ", re-scoring existing predictions" if args.force else "",
         args.model_name,
         version,
+        args.batch_size,
+        arrow_batch,
+        args.top_k,
+        args.decode,
         len(model.weights),
     )
     payload = spark.sparkContext.broadcast({"manifest": model.manifest.to_dict(), "weights": model.weights})
     started = time.perf_counter()
-    score_images(todo, payload, run_id=args.run_id).write.mode("append").partitionBy(
-        "model_name", "model_version"
-    ).parquet(paths.predictions)
+    predictions = score_images(todo, payload, run_id=args.run_id, options=options)
+    if args.force:
+        where = replace_partition(
+            spark, paths.predictions, predictions, model_name=args.model_name, version=version, rescored=todo
+        )
+    else:
+        predictions.write.mode("append").partitionBy("model_name", "model_version").parquet(paths.predictions)
+        where = paths.predictions
     elapsed = time.perf_counter() - started
     log.info(
-        "scored %d images in %.1f s (%.1f images/s) into %s",
-        pending,
-        elapsed,
-        pending / max(elapsed, 1e-9),
-        paths.predictions,
+        "scored %d images in %.1f s (%.1f images/s) into %s", pending, elapsed, pending / max(elapsed, 1e-9), where
     )
     payload.unpersist()
     return 0

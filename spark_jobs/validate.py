@@ -1,11 +1,16 @@
 """Validate: check a model version's predictions and decide whether they may reach readers.
 
-Computes coverage (every image in scope has exactly one prediction), sanity (no null/NaN,
-scores in [0, 1], probabilities summing to 1, labels among the manifest's), the label
-distribution and run facts; evaluates gates against thresholds; writes a JSON report under
-``$RESCORE_HOME/reports/<model>/<version>/`` and exits 1 when any gate fails.
+Over a scope (all images, or those ingested between two dates) it measures coverage (every
+image has exactly one prediction), sanity (no null/NaN, scores in [0, 1], probabilities
+summing to 1, labels among the manifest's), the label and score distributions, and, when
+another version is promoted, how the new predictions differ from it (label changes, score
+drift, confusion table, the largest swings). Gates hold each measure to a threshold
+(``include/validation/gates.toml``, ``$RESCORE_GATES_CONFIG``, ``--max-...`` flags). The report
+is written as JSON and HTML under ``$RESCORE_HOME/reports/<model>/<version>/<run>``; the job
+exits 1, naming every failed gate, when any gate fails. Keys are documented in docs/validation.md.
 
     spark-submit spark_jobs/validate.py --home var --model-name shapes [--model-version 2]
+        [--from-date 2026-01-01 --to-date 2026-01-31] [--max-psi 0.3]
 """
 
 from __future__ import annotations
@@ -15,13 +20,23 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_jobs.contract import RescorePaths, default_home
-from spark_jobs.current import resolve_version
+from spark_jobs.current import current_version, resolve_version
+from spark_jobs.gates import (
+    THRESHOLD_NAMES,
+    GatesConfigError,
+    Thresholds,
+    evaluate_gates,
+    gates_config_path,
+    jensen_shannon_divergence,
+    load_thresholds,
+    population_stability_index,
+)
 from spark_jobs.model_store import ModelStore
 from spark_jobs.session import JobError, get_spark, read_table, run_main
 
@@ -30,35 +45,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rescore.validate")
 
-#: Report format version; bump when keys change meaning.
-REPORT_SCHEMA_VERSION = 1
+#: Report format version; bump when a key changes meaning or disappears.
+REPORT_SCHEMA_VERSION = 2
+#: How many ids (missing, duplicate) and changed images a report lists.
 SAMPLE_IDS = 5
+#: The prediction columns validation reads; any others are ignored.
+VALIDATED_COLUMNS = ("image_id", "label", "score", "probabilities", "error", "model_version")
+#: Bins of the score histogram over [0, 1]; the drift measures compare these bins.
+SCORE_BINS = 10
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Gate limits. Counts are maxima; ``probability_tolerance`` bounds ``|sum(p) - 1|``."""
+def scope_images(images: DataFrame, from_date: date | None, to_date: date | None) -> DataFrame:
+    """Images whose ``ingested_at`` date lies in ``[from_date, to_date]`` (either end open when None)."""
+    from pyspark.sql import functions as F
 
-    max_missing: int = 0
-    max_duplicates: int = 0
-    max_invalid: int = 0
-    probability_tolerance: float = 1e-3
-
-    def __post_init__(self) -> None:
-        for name in ("max_missing", "max_duplicates", "max_invalid"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"threshold {name} must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.probability_tolerance < 1:
-            raise ValueError(f"probability_tolerance must be in (0, 1), got {self.probability_tolerance}")
-
-
-@dataclass(frozen=True)
-class GateResult:
-    name: str
-    passed: bool
-    value: float
-    threshold: float
-    detail: str
+    day = F.to_date("ingested_at")
+    if from_date is not None:
+        images = images.where(day >= F.lit(from_date))
+    if to_date is not None:
+        images = images.where(day <= F.lit(to_date))
+    return images
 
 
 def coverage(images: DataFrame, predictions: DataFrame) -> dict[str, Any]:
@@ -72,9 +78,9 @@ def coverage(images: DataFrame, predictions: DataFrame) -> dict[str, Any]:
         "images_in_scope": expected.count(),
         "predictions": predictions.count(),
         "missing": missing.count(),
-        "missing_sample": sorted(r.image_id for r in missing.limit(SAMPLE_IDS).collect()),
+        "missing_sample": sorted(r.image_id for r in missing.orderBy("image_id").limit(SAMPLE_IDS).collect()),
         "duplicates": dupes.count(),
-        "duplicate_sample": sorted(r.image_id for r in dupes.limit(SAMPLE_IDS).collect()),
+        "duplicate_sample": sorted(r.image_id for r in dupes.orderBy("image_id").limit(SAMPLE_IDS).collect()),
     }
 
 
@@ -90,63 +96,111 @@ def sanity(predictions: DataFrame, labels: list[str], tolerance: float) -> dict[
         | F.col("probabilities").isNull()
         | F.exists("probabilities", lambda x: x.isNull() | F.isnan(x)),
         "score_out_of_range": ~bad_score & ((F.col("score") < 0) | (F.col("score") > 1)),
-        "probabilities_not_summing_to_1": F.col("probabilities").isNotNull() & (F.abs(prob_sum - 1.0) > tolerance),
+        # NaN sums are counted by null_or_nan; NaN > tolerance is true in Spark, so exclude them here.
+        "probabilities_not_summing_to_1": F.col("probabilities").isNotNull()
+        & ~F.isnan(prob_sum)
+        & (F.abs(prob_sum - 1.0) > tolerance),
         "unknown_label": F.col("label").isNotNull() & ~F.col("label").isin(labels),
     }
     row = predictions.agg(*[F.sum(F.when(c, 1).otherwise(0)).alias(k) for k, c in checks.items()]).first()
     counts = {k: int(row[k] or 0) for k in checks} if row is not None else dict.fromkeys(checks, 0)
-    errors = [r.error for r in predictions.where(F.col("error").isNotNull()).limit(SAMPLE_IDS).collect()]
+    errors = [
+        r.error for r in predictions.where(F.col("error").isNotNull()).select("error").limit(SAMPLE_IDS).collect()
+    ]
     return {**counts, "invalid_rows": int(sum(counts.values())), "error_sample": errors}
 
 
-def distribution(predictions: DataFrame, bins: int = 10) -> dict[str, Any]:
-    """Label shares and a histogram of scores over [0, 1]."""
+def distribution(predictions: DataFrame, bins: int = SCORE_BINS) -> dict[str, Any]:
+    """Label counts and shares, and a histogram of scores over [0, 1] (NaN and null scores left out)."""
     from pyspark.sql import functions as F
 
-    total = predictions.count()
-    shares = {r.label: r["count"] / total for r in predictions.groupBy("label").count().collect()} if total else {}
-    bucket = F.least(F.floor(F.col("score") * bins), F.lit(bins - 1)).cast("int")
+    label_counts = {str(r.label): int(r["count"]) for r in predictions.groupBy("label").count().collect()}
+    total = sum(label_counts.values())
+    # Scores are float32: 0.7 is stored as 0.69999999; six decimals put it in the bin a reader expects.
+    score = F.round(F.col("score").cast("double"), 6)
+    bucket = F.least(F.floor(score * bins), F.lit(bins - 1)).cast("int")
     hist = dict.fromkeys(range(bins), 0)
-    for r in (
-        predictions.where(F.col("score").isNotNull() & ~F.isnan("score")).groupBy(bucket.alias("b")).count().collect()
-    ):
-        if r.b is not None and 0 <= r.b < bins:
-            hist[int(r.b)] = int(r["count"])
+    valid = predictions.where(~F.isnan("score") & score.between(0, 1))
+    for r in valid.groupBy(bucket.alias("b")).count().collect():
+        hist[int(r.b)] = int(r["count"])
     return {
-        "label_shares": {str(k): round(v, 6) for k, v in sorted(shares.items(), key=lambda kv: str(kv[0]))},
-        "score_histogram": {"edges": [i / bins for i in range(bins + 1)], "counts": [hist[i] for i in range(bins)]},
+        "rows": total,
+        "label_counts": dict(sorted(label_counts.items())),
+        "label_shares": {k: round(v / total, 6) for k, v in sorted(label_counts.items())},
+        "score_histogram": {
+            "edges": [round(i / bins, 6) for i in range(bins + 1)],
+            "counts": [hist[i] for i in range(bins)],
+        },
     }
 
 
-def evaluate_gates(metrics: dict[str, Any], thresholds: Thresholds) -> list[GateResult]:
-    """Each gate's verdict with the value it measured and the limit it was held to."""
-    cov, san = metrics["coverage"], metrics["sanity"]
-    return [
-        GateResult(
-            "coverage",
-            cov["missing"] <= thresholds.max_missing,
-            cov["missing"],
-            thresholds.max_missing,
-            f"{cov['missing']} of {cov['images_in_scope']} images have no prediction",
-        ),
-        GateResult(
-            "uniqueness",
-            cov["duplicates"] <= thresholds.max_duplicates,
-            cov["duplicates"],
-            thresholds.max_duplicates,
-            f"{cov['duplicates']} images have more than one prediction",
-        ),
-        GateResult(
-            "sanity",
-            san["invalid_rows"] <= thresholds.max_invalid,
-            san["invalid_rows"],
-            thresholds.max_invalid,
-            ", ".join(
-                f"{k}={san[k]}"
-                for k in ("null_or_nan", "score_out_of_range", "probabilities_not_summing_to_1", "unknown_label")
-            ),
-        ),
-    ]
+def compare(new: DataFrame, old: DataFrame, *, baseline_version: str, bins: int = SCORE_BINS) -> dict[str, Any]:
+    """How the validated version's predictions differ from the promoted version's, image by image."""
+    from pyspark.sql import functions as F
+
+    old_one = old.dropDuplicates(["image_id"]).select(
+        "image_id", F.col("label").alias("old_label"), F.col("score").alias("old_score")
+    )
+    new_one = new.dropDuplicates(["image_id"]).select(
+        "image_id", F.col("label").alias("new_label"), F.col("score").alias("new_score")
+    )
+    joined = new_one.join(old_one, "image_id").cache()
+    try:
+        changed = ~F.col("old_label").eqNullSafe(F.col("new_label"))
+        compared = joined.count()
+        label_changed = joined.where(changed).count()
+        confusion_rows = joined.groupBy("old_label", "new_label").count().collect()
+        swing = F.abs(F.col("new_score") - F.col("old_score"))
+        top = (
+            joined.where(changed)
+            .withColumn("swing", swing)
+            .orderBy(F.col("swing").desc_nulls_last(), "image_id")
+            .limit(SAMPLE_IDS)
+            .collect()
+        )
+    finally:
+        joined.unpersist()
+    labels = sorted({str(r.old_label) for r in confusion_rows} | {str(r.new_label) for r in confusion_rows})
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for r in confusion_rows:
+        matrix[index[str(r.old_label)]][index[str(r.new_label)]] = int(r["count"])
+    baseline = distribution(old, bins)
+    current = distribution(new, bins)
+    old_hist, new_hist = baseline["score_histogram"]["counts"], current["score_histogram"]["counts"]
+    drift_ok = compared > 0 and sum(old_hist) > 0 and sum(new_hist) > 0
+    return {
+        "baseline_version": baseline_version,
+        "compared_images": compared,
+        "label_changed": label_changed,
+        "label_change_share": round(label_changed / compared, 6) if compared else None,
+        "psi": round(population_stability_index(old_hist, new_hist), 6) if drift_ok else None,
+        "js_divergence": round(jensen_shannon_divergence(old_hist, new_hist), 6) if drift_ok else None,
+        "baseline_distribution": baseline,
+        "confusion": {"labels": labels, "counts": matrix},
+        "top_changed": [
+            {
+                "image_id": r.image_id,
+                "old_label": r.old_label,
+                "new_label": r.new_label,
+                "old_score": None if r.old_score is None else round(float(r.old_score), 6),
+                "new_score": None if r.new_score is None else round(float(r.new_score), 6),
+                "swing": None if r.swing is None else round(float(r.swing), 6),
+            }
+            for r in top
+        ],
+    }
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """One line: passed or which gates failed, for which version and scope."""
+    gates = report["gates"]
+    subject = f"{report['model_name']} v{report['model_version']} over {report['scope']['images']} images"
+    if report["passed"]:
+        return f"PASSED all {len(gates)} gates: {subject}"
+    failed = [g for g in gates if not g["passed"]]
+    listed = "; ".join(f"{g['name']} (value {g['value']} > threshold {g['threshold']})" for g in failed)
+    return f"FAILED {len(failed)} of {len(gates)} gates: {subject}: {listed}"
 
 
 def validate_predictions(
@@ -157,48 +211,103 @@ def validate_predictions(
     model_version: str,
     labels: list[str],
     thresholds: Thresholds,
+    baseline_version: str | None = None,
+    from_date: date | None = None,
+    to_date: date | None = None,
+    run_id: str = "manual",
 ) -> dict[str, Any]:
-    """The whole report for one model version over the images in scope (without writing it)."""
+    """The whole report for one model version over the images in scope (without writing it).
+
+    :param baseline_version: the promoted version to compare with; None (or the validated
+        version itself) skips the comparison and its gates.
+    """
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    version_rows = predictions.where(
-        (F.col("model_name") == model_name) & (F.col("model_version") == model_version)
-    ).join(images.select("image_id").distinct(), "image_id", "left_semi")
-    metrics: dict[str, Any] = {
-        "coverage": coverage(images, version_rows),
-        "sanity": sanity(version_rows, labels, thresholds.probability_tolerance),
-        "distribution": distribution(version_rows),
-    }
+    in_scope = scope_images(images, from_date, to_date).select("image_id").distinct().cache()
+    # Only the contract's columns: wider tables (top-k, embeddings) are not cached for nothing.
+    of_model = (
+        predictions.where(F.col("model_name") == model_name)
+        .select(*VALIDATED_COLUMNS)
+        .join(in_scope, "image_id", "left_semi")
+    )
+    version_rows = of_model.where(F.col("model_version") == model_version).cache()
+    try:
+        metrics: dict[str, Any] = {
+            "coverage": coverage(in_scope, version_rows),
+            "sanity": sanity(version_rows, labels, thresholds.probability_tolerance),
+            "distribution": distribution(version_rows),
+            "comparison": None,
+        }
+        if baseline_version is not None and baseline_version != model_version:
+            old_rows = of_model.where(F.col("model_version") == baseline_version)
+            metrics["comparison"] = compare(version_rows, old_rows, baseline_version=baseline_version)
+    finally:
+        version_rows.unpersist()
+        in_scope.unpersist()
     gates = evaluate_gates(metrics, thresholds)
     elapsed = time.perf_counter() - started
     rows = metrics["coverage"]["predictions"]
-    return {
+    report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "model_name": model_name,
         "model_version": model_version,
+        "run_id": run_id,
         "created_at": datetime.now(UTC).isoformat(),
+        "scope": {
+            "from_date": from_date.isoformat() if from_date else None,
+            "to_date": to_date.isoformat() if to_date else None,
+            "images": metrics["coverage"]["images_in_scope"],
+        },
         **metrics,
         "run": {
             "rows": rows,
             "wall_seconds": round(elapsed, 3),
             "rows_per_second": round(rows / max(elapsed, 1e-9), 1),
         },
-        "thresholds": asdict(thresholds),
+        "thresholds": thresholds.as_dict(),
         "gates": [asdict(g) for g in gates],
+        "failed_gates": [g.name for g in gates if not g.passed],
         "passed": all(g.passed for g in gates),
     }
+    report["verdict"] = verdict(report)
+    return report
 
 
-def write_report(report: dict[str, Any], reports_dir: str, run_id: str) -> Path:
-    """Write the JSON report atomically; returns its path."""
+def report_stem(reports_dir: str, model_name: str, model_version: str, run_id: str) -> Path:
+    """``<reports>/<model>/<version>/<run>`` without suffix; the run id made safe for a file name."""
     safe_run = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-    target = Path(reports_dir) / report["model_name"] / str(report["model_version"]) / f"{safe_run}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
+    return Path(reports_dir) / model_name / str(model_version) / safe_run
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text)
     tmp.replace(target)
-    return target
+
+
+def write_report(report: dict[str, Any], reports_dir: str, run_id: str | None = None) -> tuple[Path, Path]:
+    """Write the HTML page, then the JSON report (each atomically); returns both paths.
+
+    The JSON goes last: promotion and the sensor read the newest JSON, so it must not appear
+    before the page it points to.
+    """
+    from spark_jobs.report_html import render_html
+
+    stem = report_stem(reports_dir, report["model_name"], report["model_version"], run_id or report["run_id"])
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".html")
+    report = {**report, "files": {"json": str(json_path), "html": str(html_path)}}
+    _write_atomically(html_path, render_html(report))
+    _write_atomically(json_path, json.dumps(report, indent=2, sort_keys=True))
+    return json_path, html_path
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: use YYYY-MM-DD") from exc
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -210,28 +319,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--models", default=None, help="model store folder (default: <home>/models)")
     parser.add_argument("--run-id", default="manual")
-    parser.add_argument("--max-missing", type=int, default=Thresholds.max_missing)
-    parser.add_argument("--max-duplicates", type=int, default=Thresholds.max_duplicates)
-    parser.add_argument("--max-invalid", type=int, default=Thresholds.max_invalid)
-    parser.add_argument("--probability-tolerance", type=float, default=Thresholds.probability_tolerance)
+    parser.add_argument("--from-date", type=_iso_date, default=None, help="first ingestion date in scope (inclusive)")
+    parser.add_argument("--to-date", type=_iso_date, default=None, help="last ingestion date in scope (inclusive)")
+    parser.add_argument(
+        "--gates-config",
+        default=None,
+        help="TOML file of thresholds (default: $RESCORE_GATES_CONFIG, else the project's)",
+    )
+    for name in THRESHOLD_NAMES:
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, type=float, default=None, help=f"override {name} for this run")
     return parser.parse_args(argv)
+
+
+def thresholds_from_args(args: argparse.Namespace) -> tuple[Thresholds, str]:
+    """The gates file's thresholds with this run's flags on top, and where the defaults came from."""
+    path = gates_config_path(args.gates_config)
+    try:
+        base = load_thresholds(path)
+        return base.with_overrides({n: getattr(args, n) for n in THRESHOLD_NAMES}, "command-line flags"), str(path)
+    except GatesConfigError as exc:
+        raise JobError(str(exc)) from exc
 
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
+    if args.from_date and args.to_date and args.from_date > args.to_date:
+        raise JobError(f"--from-date {args.from_date} is after --to-date {args.to_date}: swap them")
+    thresholds, thresholds_source = thresholds_from_args(args)
     paths = RescorePaths(args.home)
     store = ModelStore(args.models or paths.models)
     version = resolve_version(paths, store, args.model_name, args.model_version)
     manifest = store.manifest(args.model_name, version)
-    try:
-        thresholds = Thresholds(args.max_missing, args.max_duplicates, args.max_invalid, args.probability_tolerance)
-    except ValueError as exc:
-        raise JobError(str(exc)) from exc
+    baseline = current_version(paths, args.model_name)
     spark = get_spark("rescore-validate")
     images = read_table(spark, paths.images)
     predictions = read_table(spark, paths.predictions)
     if images is None or predictions is None:
         raise JobError(f"nothing to validate under {paths.warehouse}: run ingest and score first")
+    log.info(
+        "validating %s v%s (promoted: %s) over %s .. %s",
+        args.model_name,
+        version,
+        baseline or "none",
+        args.from_date or "the first image",
+        args.to_date or "the last image",
+    )
     report = validate_predictions(
         images,
         predictions,
@@ -239,27 +372,21 @@ def _main(argv: list[str] | None) -> int:
         model_version=version,
         labels=manifest.labels,
         thresholds=thresholds,
+        baseline_version=baseline,
+        from_date=args.from_date,
+        to_date=args.to_date,
+        run_id=args.run_id,
     )
-    path = write_report(report, paths.reports, args.run_id)
-    failed = [g for g in report["gates"] if not g["passed"]]
-    log.info("report: %s", path)
-    if failed:
-        log.error(
-            "FAILED %d gate(s) for %s v%s: %s",
-            len(failed),
-            args.model_name,
-            version,
-            "; ".join(f"{g['name']} ({g['detail']}; value {g['value']} > threshold {g['threshold']})" for g in failed),
-        )
-        return 1
-    log.info(
-        "PASSED all %d gates for %s v%s over %d images",
-        len(report["gates"]),
-        args.model_name,
-        version,
-        report["coverage"]["images_in_scope"],
-    )
-    return 0
+    report["thresholds_source"] = thresholds_source
+    json_path, html_path = write_report(report, paths.reports)
+    log.info("report: %s", html_path)
+    log.info("report (JSON): %s", json_path)
+    if report["passed"]:
+        log.info("%s", report["verdict"])
+        return 0
+    log.error("%s", report["verdict"])
+    log.error("failed gates: %s", ", ".join(report["failed_gates"]))
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,17 +9,22 @@ cluster is a connection change, not a code change.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk import BaseOperator, Param
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from rescore_airflow import settings
+from rescore_airflow.links import REPORT_URL_XCOM_KEY, ValidationReportLink, report_url
 from rescore_airflow.packaging import build_spark_jobs_zip
 from spark_jobs.contract import RescorePaths
+from spark_jobs.gates import GATES_CONFIG_ENV, THRESHOLD_NAMES, gates_config_path
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -184,32 +189,198 @@ class _ModelJobOperator(RescoreSparkSubmitOperator):
 
 
 class ScoreImagesOperator(_ModelJobOperator):
-    """Score every image that has no prediction yet from a model version.
+    """Score images with a model version: those without a prediction from it, or, with ``force``,
+    every image in the date range again (replacing that version's predictions for them).
+
+    Optional arguments left at None (or rendered empty) are not passed, so the job's defaults apply.
 
     :param model_name: model to score with (templated).
     :param model_version: version (templated); empty means the promoted version, else the champion.
-    :param batch_size: images per model batch, also the Arrow batch size (templated).
+    :param batch_size: images per model call (templated).
+    :param arrow_batch_size: rows per Arrow batch sent to the Python workers (templated);
+        default: the batch size.
+    :param top_k: labels kept in the ``top_k`` column (templated); job default 3.
+    :param decode: ``auto``, ``inline`` or ``prefetch`` (templated); job default ``auto``.
+    :param from_date: only images ingested on or after this ``YYYY-MM-DD`` day (templated).
+    :param to_date: only images ingested on or before this ``YYYY-MM-DD`` day (templated).
+    :param force: re-score images that already have a prediction from this version (templated;
+        a bool, or a string such as ``"{{ params.force }}"`` rendering to true/false).
     """
 
     job = "score"
-    template_fields: Sequence[str] = (*_ModelJobOperator.template_fields, "batch_size")
+    template_fields: Sequence[str] = (
+        *_ModelJobOperator.template_fields,
+        "batch_size",
+        "arrow_batch_size",
+        "top_k",
+        "decode",
+        "from_date",
+        "to_date",
+        "force",
+    )
 
-    def __init__(self, *, batch_size: int | str = 64, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        batch_size: int | str = 64,
+        arrow_batch_size: int | str | None = None,
+        top_k: int | str | None = None,
+        decode: str | None = None,
+        from_date: str | None = None,
+        to_date: str | None = None,
+        force: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.batch_size = batch_size
+        self.arrow_batch_size = arrow_batch_size
+        self.top_k = top_k
+        self.decode = decode
+        self.from_date = from_date
+        self.to_date = to_date
+        self.force = force
+
+    @staticmethod
+    def _given(value: object) -> bool:
+        return value is not None and str(value).strip() not in ("", "None")
 
     def job_arguments(self) -> list[str]:
-        return [*super().job_arguments(), "--batch-size", str(self.batch_size)]
+        args = [*super().job_arguments(), "--batch-size", str(self.batch_size)]
+        for flag, value in (
+            ("--arrow-batch-size", self.arrow_batch_size),
+            ("--top-k", self.top_k),
+            ("--decode", self.decode),
+            ("--from-date", self.from_date),
+            ("--to-date", self.to_date),
+        ):
+            if self._given(value):
+                args += [flag, str(value).strip()]
+        if str(self.force).strip().lower() in ("true", "1", "yes"):
+            args.append("--force")
+        return args
+
+
+def _given(value: Any) -> bool:
+    """Whether a (rendered) argument carries a value; a null Param renders as ``"None"``."""
+    return value not in (None, "", "None")
+
+
+#: DAG Params of the validation thresholds that a triggered run may override; ``None`` (the
+#: default) keeps the value of the gates file.
+VALIDATION_PARAMS: dict[str, tuple[str, str]] = {
+    "max_missing": ("integer", "Images in scope allowed to lack a prediction."),
+    "max_invalid": ("integer", "Rows allowed to break each sanity invariant (NaN, range, sum, label)."),
+    "max_label_change_share": ("number", "Largest share of images whose label may change vs the promoted version."),
+    "max_psi": ("number", "Largest population stability index of the scores vs the promoted version."),
+}
+
+
+def validation_params() -> dict[str, Param]:
+    """The validation-threshold Params a DAG exposes; empty means the gates file decides."""
+    return {
+        name: Param(
+            None,
+            type=["null", kind],
+            minimum=0,
+            description=f"{text} Empty: the value in include/validation/gates.toml (or $RESCORE_GATES_CONFIG).",
+        )
+        for name, (kind, text) in VALIDATION_PARAMS.items()
+    }
+
+
+def validation_thresholds_from_params() -> dict[str, str]:
+    """``thresholds=`` for :class:`ValidatePredictionsOperator`: each Param, rendered at run time."""
+    return {name: f"{{{{ params.{name} }}}}" for name in VALIDATION_PARAMS}
 
 
 class ValidatePredictionsOperator(_ModelJobOperator):
     """Validate a model version's predictions; the task fails when any gate fails.
 
+    The job writes ``$RESCORE_HOME/reports/<model>/<version>/<run>.{json,html}``. The task logs
+    the HTML report's path and a one-line verdict, pushes the report's URL to XCom for the
+    "Validation report" extra link, and when gates fail raises an error naming every one of them
+    (without retries: the same predictions would fail the same gates).
+
     :param model_name: model whose predictions are checked (templated).
     :param model_version: version (templated); empty means the promoted version, else the champion.
+    :param thresholds: per-run threshold overrides, e.g. ``{"max_psi": 0.3}`` (templated; names
+        as in ``include/validation/gates.toml``; empty or ``None`` values keep the file's value).
+    :param from_date: first ingestion date in scope, ``YYYY-MM-DD``, inclusive (templated).
+    :param to_date: last ingestion date in scope, ``YYYY-MM-DD``, inclusive (templated).
     """
 
     job = "validate"
+    template_fields: Sequence[str] = (*_ModelJobOperator.template_fields, "thresholds", "from_date", "to_date")
+    operator_extra_links = (ValidationReportLink(),)
+
+    def __init__(
+        self,
+        *,
+        thresholds: dict[str, Any] | None = None,
+        from_date: str | None = None,
+        to_date: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        unknown = sorted(set(thresholds or {}) - set(THRESHOLD_NAMES))
+        if unknown:
+            raise ValueError(f"unknown validation thresholds {unknown}: use names from {list(THRESHOLD_NAMES)}")
+        self.thresholds = dict(thresholds or {})
+        self.from_date = from_date
+        self.to_date = to_date
+
+    def job_arguments(self) -> list[str]:
+        args = super().job_arguments()
+        if _given(self.from_date):
+            args += ["--from-date", str(self.from_date)]
+        if _given(self.to_date):
+            args += ["--to-date", str(self.to_date)]
+        for name in THRESHOLD_NAMES:
+            if _given(self.thresholds.get(name)):
+                args += ["--" + name.replace("_", "-"), str(self.thresholds[name])]
+        return args
+
+    def _report_written_since(self, started: float) -> Path | None:
+        """The JSON report this run's job wrote (the version may have been resolved by the job)."""
+        from spark_jobs.validate import report_stem
+
+        version = str(self.model_version) if _given(self.model_version) else "*"
+        stem = report_stem(RescorePaths(self.rescore_home).reports, self.model_name, version, self.run_label)
+        fresh = [p for p in stem.parent.parent.glob(f"{version}/{stem.name}.json") if p.stat().st_mtime >= started]
+        return max(fresh, key=lambda p: p.stat().st_mtime) if fresh else None
+
+    def execute(self, context: Context) -> None:
+        started = time.time()
+        # The job finds the thresholds file even when spark_jobs runs from the --py-files zip.
+        self.env_vars = {GATES_CONFIG_ENV: str(gates_config_path()), **(self.env_vars or {})}
+        job_error: AirflowException | None = None
+        try:
+            super().execute(context)
+        except AirflowException as exc:
+            job_error = exc
+        report_file = self._report_written_since(started)
+        if report_file is None:
+            if job_error is not None:
+                raise job_error
+            raise AirflowException(
+                f"validate exited 0 but wrote no report for run {self.run_label!r} under "
+                f"{RescorePaths(self.rescore_home).reports}/{self.model_name}: see the job's log above"
+            )
+        report = json.loads(report_file.read_text())
+        html = report.get("files", {}).get("html", str(report_file.with_suffix(".html")))
+        url = report_url(html, RescorePaths(self.rescore_home).reports)
+        context["ti"].xcom_push(key=REPORT_URL_XCOM_KEY, value=url)
+        self.log.info("validation report: %s", html)
+        self.log.info("%s", report["verdict"])
+        if not report["passed"]:
+            failed = report["failed_gates"]
+            # The same predictions fail the same gates again: no retry.
+            raise AirflowFailException(
+                f"validation of {report['model_name']} v{report['model_version']} failed "
+                f"{len(failed)} gate(s): {', '.join(failed)}; report: {url}"
+            ) from job_error
+        if job_error is not None:
+            raise job_error
 
 
 class PromotePredictionsOperator(BaseOperator):

@@ -3,13 +3,16 @@
 A published version (manifest + weights bytes) becomes a :class:`Predictor` through
 :func:`build_predictor`. Predictors take a batch of preprocessed images (``N x 3 x H x W``
 float32, as :func:`spark_jobs.images.decode_for_model` makes them) and return class
-probabilities (``N x len(labels)``). Framework imports happen inside the builders, so this
-module is cheap to import.
+probabilities (``N x len(labels)``) and, for models whose manifest names an ``embedding``
+layer, that layer's output flattened per image. Framework imports happen inside the builders,
+so this module is cheap to import.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from spark_jobs.model_store import check_weights
 
 if TYPE_CHECKING:
     import numpy as np
@@ -17,28 +20,65 @@ if TYPE_CHECKING:
     from spark_jobs.model_store import Manifest, ModelVersion
 
 
+class BatchOutput(NamedTuple):
+    """What a predictor returns for one batch."""
+
+    #: ``N x len(labels)`` float32, each row summing to 1.
+    probabilities: np.ndarray
+    #: ``N x D`` float32 when the manifest names an embedding layer, else None.
+    embedding: np.ndarray | None
+
+
 class Predictor(Protocol):
     """A model ready to score preprocessed batches."""
 
     manifest: Manifest
 
+    def forward(self, batch: np.ndarray) -> BatchOutput:
+        """Probabilities (and the embedding, when declared) for an ``N x 3 x H x W`` batch."""
+        ...
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Return class probabilities, one row per image, each row summing to 1."""
+        """Probabilities only: ``forward(batch).probabilities``."""
         ...
 
 
-def build_predictor(version: ModelVersion, *, device: str = "cpu", num_threads: int | None = None) -> Predictor:
+class PredictorBuilder(Protocol):
+    """Anything that turns a broadcast version into a predictor (tests inject fakes)."""
+
+    def __call__(
+        self,
+        version: ModelVersion,
+        *,
+        device: str = "cpu",
+        num_threads: int | None = None,
+        mixed_precision: bool = False,
+    ) -> Predictor: ...
+
+
+def build_predictor(
+    version: ModelVersion, *, device: str = "cpu", num_threads: int | None = None, mixed_precision: bool = False
+) -> Predictor:
     """Build the predictor for a published version.
 
+    The weights bytes are checked first: anything that would need unpickling is refused with
+    :class:`spark_jobs.model_store.UnsafeModelError`, before any framework sees it.
+
     :param version: manifest and weights bytes, as the driver broadcast them.
-    :param device: ``cpu`` or ``cuda:<n>``.
-    :param num_threads: intra-op threads; set before the first inference.
+    :param device: ``cpu`` or ``cuda:<n>`` (the GPU Spark assigned to the task).
+    :param num_threads: intra-op threads (the task's cores); set before the first inference.
+    :param mixed_precision: run convolutional nets under float16 autocast on GPU (ignored on CPU).
     """
-    framework = version.manifest.framework
-    if framework == "pytorch":
+    manifest = version.manifest
+    check_weights(manifest.framework, version.weights, f"weights {manifest.weights!r} of {manifest.name}")
+    if manifest.framework == "pytorch":
         from spark_jobs.models.torch_predictor import TorchPredictor
 
-        return TorchPredictor(version, device=device, num_threads=num_threads)
+        return TorchPredictor(version, device=device, num_threads=num_threads, mixed_precision=mixed_precision)
+    if manifest.framework == "keras":
+        from spark_jobs.models.keras_predictor import KerasPredictor
+
+        return KerasPredictor(version, device=device, num_threads=num_threads, mixed_precision=mixed_precision)
     raise NotImplementedError(
-        f"framework {framework!r} of {version.manifest.name} has no predictor yet: publish a PyTorch model"
+        f"framework {manifest.framework!r} of {manifest.name} has no predictor: publish a PyTorch or Keras model"
     )

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from spark_jobs.models.resnet import ResNet18
+
 
 class SmallCNN(nn.Module):
     """A small convolutional classifier for the example images (64 px, a few hundred KB)."""
@@ -34,6 +36,7 @@ class SmallCNN(nn.Module):
 #: Architecture names a PyTorch manifest may use, each a factory of ``num_classes``.
 ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
     "small_cnn": SmallCNN,
+    "resnet18": ResNet18,
 }
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 
+from spark_jobs.model_store import ModelLoadError
+from spark_jobs.models import BatchOutput
 from spark_jobs.models.torch_nets import build_network
 
 if TYPE_CHECKING:
@@ -15,25 +17,71 @@ if TYPE_CHECKING:
 
 
 class TorchPredictor:
-    """Builds the network once; :meth:`predict` runs batches under ``inference_mode``."""
+    """Builds the network once; :meth:`forward` runs batches under ``inference_mode``.
 
-    def __init__(self, version: ModelVersion, *, device: str = "cpu", num_threads: int | None = None) -> None:
+    On ``cuda:<n>`` the network runs channels-last (faster convolutions on tensor cores) and,
+    with ``mixed_precision``, under float16 autocast; probabilities are returned as float32.
+    """
+
+    def __init__(
+        self,
+        version: ModelVersion,
+        *,
+        device: str = "cpu",
+        num_threads: int | None = None,
+        mixed_precision: bool = False,
+    ) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.manifest = version.manifest
         self.device = torch.device(device)
+        self.mixed_precision = mixed_precision and self.device.type == "cuda"
         network = build_network(self.manifest.architecture, len(self.manifest.labels))
-        network.load_state_dict(load_safetensors(version.weights))
+        try:
+            state = load_safetensors(version.weights)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"weights of {self.manifest.name} v{self.manifest.version} are not a readable safetensors file: {exc}"
+            ) from exc
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelLoadError(
+                f"weights of {self.manifest.name} v{self.manifest.version} do not fit architecture "
+                f"{self.manifest.architecture!r} with {len(self.manifest.labels)} labels: {exc}"
+            ) from exc
         self.network = network.eval().to(self.device)
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._embedding: torch.Tensor | None = None
+        if self.manifest.embedding:
+            modules = dict(self.network.named_modules())
+            if self.manifest.embedding not in modules:
+                raise ModelLoadError(
+                    f"embedding layer {self.manifest.embedding!r} of {self.manifest.name} is not a module of "
+                    f"{self.manifest.architecture!r}: use one of {sorted(n for n in modules if n)}"
+                )
+            modules[self.manifest.embedding].register_forward_hook(self._keep_embedding)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def _keep_embedding(self, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+        self._embedding = output
+
+    def forward(self, batch: np.ndarray) -> BatchOutput:
         with torch.inference_mode():
             inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
             if self.device.type == "cuda":
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            outputs = self.network(inputs)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.mixed_precision):
+                outputs = self.network(inputs)
+            outputs = outputs.float()
             if self.manifest.output == "logits":
                 outputs = torch.softmax(outputs, dim=1)
-            return outputs.float().cpu().numpy()
+            embedding = None
+            if self._embedding is not None:
+                embedding = torch.flatten(self._embedding, 1).float().cpu().numpy()
+                self._embedding = None
+            return BatchOutput(outputs.cpu().numpy(), embedding)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities only."""
+        return self.forward(batch).probabilities

@@ -107,6 +107,67 @@ def test_score_operator_builds_the_spark_submit_command() -> None:
     ]  # fmt: skip
 
 
+def test_score_operator_passes_the_scoring_flags() -> None:
+    from rescore_airflow.operators import ScoreImagesOperator
+
+    op = ScoreImagesOperator(
+        task_id="score",
+        rescore_home=HOME,
+        run_label="run-1",
+        model_name="shapes",
+        model_version="3",
+        batch_size=32,
+        arrow_batch_size=256,
+        top_k=5,
+        decode="prefetch",
+        from_date="2026-01-01",
+        to_date="2026-01-31",
+        force=True,
+    )
+    assert op.spark_submit_command() == [
+        "spark-submit",
+        "--master", "local[2]",
+        "--properties-file", CPU_CONF,
+        "--py-files", ZIP,
+        "--name", "rescore-score",
+        str(ROOT / "spark_jobs" / "score.py"),
+        "--home", HOME,
+        "--run-id", "run-1",
+        "--model-name", "shapes",
+        "--model-version", "3",
+        "--batch-size", "32",
+        "--arrow-batch-size", "256",
+        "--top-k", "5",
+        "--decode", "prefetch",
+        "--from-date", "2026-01-01",
+        "--to-date", "2026-01-31",
+        "--force",
+    ]  # fmt: skip
+
+
+def test_score_operator_templates_the_scope_and_omits_what_renders_empty() -> None:
+    from rescore_airflow.operators import ScoreImagesOperator
+
+    def rendered(params: dict[str, object]) -> list[str]:
+        op = ScoreImagesOperator(
+            task_id="score",
+            rescore_home=HOME,
+            model_name="m",
+            top_k="{{ params.top_k }}",
+            from_date="{{ params.from_date }}",
+            to_date="{{ params.to_date }}",
+            force="{{ params.force }}",
+        )
+        assert {"arrow_batch_size", "top_k", "decode", "from_date", "to_date", "force"} <= set(op.template_fields)
+        op.render_template_fields({"params": params, "run_id": "r"})
+        return op.job_arguments()
+
+    args = rendered({"top_k": 2, "from_date": "2026-02-01", "to_date": None, "force": True})
+    assert args[-7:] == ["--batch-size", "64", "--top-k", "2", "--from-date", "2026-02-01", "--force"]
+    args = rendered({"top_k": "", "from_date": "", "to_date": "", "force": False})
+    assert args[-2:] == ["--batch-size", "64"]
+
+
 def test_empty_model_version_is_left_to_the_job() -> None:
     from rescore_airflow.operators import ValidatePredictionsOperator
 

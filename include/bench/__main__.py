@@ -1,0 +1,360 @@
+"""Run the benchmark: ``python -m include.bench [--quick]`` (``make bench [QUICK=1]``).
+
+Generates the images, prepares the models, times every method interleaved on the same files,
+cores and batch size, checks every method's predictions against the ceiling's, measures
+Rescore's scaling and worker memory, and writes docs/benchmarks/{results.json,README.md,plot}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from include.bench import methods as M
+from include.bench.data import describe, generate_images, link_set
+from include.bench.measure import Stopwatch, WorkerMemorySampler
+from include.bench.models import BenchModel, keras_status, prepare_models
+from include.bench.report import check_agreement, summarise_runs, write_report
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger("rescore.bench")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big a run is; ``quick`` fits in five minutes on 2 cores, ``full`` in 45."""
+
+    mode: str
+    images: dict[str, int]  # per model key
+    rounds: int
+    warmup_images: int
+    scaling_base: int
+    scaling_multipliers: tuple[int, ...]
+    memory_partitions: tuple[int, ...]
+
+
+PLANS = {
+    "quick": Plan(
+        "quick", {"small_cnn_64": 256, "resnet18_160": 64, "mobilenet_v2_160": 64}, 2, 64, 64, (1, 4, 16), (16, 160)
+    ),
+    "full": Plan(
+        "full",
+        {"small_cnn_64": 1500, "resnet18_160": 300, "mobilenet_v2_160": 300},
+        3,
+        128,
+        200,
+        (1, 10, 100),
+        (50, 500, 5000),
+    ),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m include.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small run (< 5 min) to check the harness")
+    parser.add_argument("--cores", type=int, default=2, help="cores every method gets (default 2)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model batch for every method")
+    parser.add_argument("--seed", type=int, default=20261128, help="seed of the generated images")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="images, models, registry and outputs (default: $RESCORE_HOME/bench, kept between runs)",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="where results go")
+    parser.add_argument("--note", default="", help="a line recorded with the results (e.g. 'machine shared')")
+    parser.add_argument("--models", default="", help="comma-separated model keys to measure (default: all)")
+    parser.add_argument("--skip-scaling", action="store_true", help="skip the scaling and memory runs")
+    args = parser.parse_args(argv)
+    if args.cores < 1 or args.batch_size < 1:
+        parser.error("--cores and --batch-size must be at least 1")
+    return args
+
+
+def start_spark(cores: int, batch_size: int) -> SparkSession:
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    spark = (
+        SparkSession.builder.master(f"local[{cores}]")
+        .appName("rescore-bench")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", "3g")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
+        .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
+        .config("spark.python.worker.reuse", "true")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def machine_info(cores: int) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    cpu_model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {
+        name: md.version(dist)
+        for name, dist in (
+            ("pyspark", "pyspark"),
+            ("torch", "torch"),
+            ("mlflow", "mlflow"),
+            ("pillow", "pillow"),
+            ("numpy", "numpy"),
+            ("pyarrow", "pyarrow"),
+            ("pandas", "pandas"),
+            ("keras", "keras"),
+        )
+    }
+    return {
+        "cpu_model": cpu_model,
+        "logical_cpus": psutil.cpu_count(),
+        "cores_used": cores,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "java": shutil.which("java") or "not on PATH",
+        **versions,
+        "loadavg_start": round(os.getloadavg()[0], 2),
+    }
+
+
+class Bench:
+    """One benchmark run: the Spark session, the models, and everything measured so far."""
+
+    def __init__(self, args: argparse.Namespace, plan: Plan) -> None:
+        self.args = args
+        self.plan = plan
+        self.workdir: Path = args.workdir or Path(os.environ.get("RESCORE_HOME", ROOT / "var")) / "bench"
+        self.runs: list[dict[str, Any]] = []
+        self.summary: list[dict[str, Any]] = []
+        self.ceiling: dict[str, Any] = {}
+        self.spark = start_spark(args.cores, args.batch_size)
+        self.ctx = M.BenchContext(self.spark, args.cores, args.batch_size)
+
+    # -- one method, one run ---------------------------------------------------------------------
+
+    def run_method(self, model: BenchModel, method: str, folder: Path, out: Path, predictor: Any) -> Stopwatch:
+        shutil.rmtree(out, ignore_errors=True)
+        files = sorted(folder.glob("*.jpg"))
+        payload = self.ctx.payloads[model.key].value
+        with Stopwatch() as watch:
+            if method.startswith("dataloader_w"):
+                workers = int(method.removeprefix("dataloader_w"))
+                M.ceiling_dataloader(payload, predictor, files, out, workers=workers, batch_size=self.args.batch_size)
+            elif method == "process_per_core":
+                pool = self.ctx.pools[model.key]
+                M.ceiling_process_per_core(pool, files, out, cores=self.args.cores, batch_size=self.args.batch_size)
+            else:
+                images = M.read_files(self.spark, folder, partitions=2 * self.args.cores)
+                M.SPARK_RUNNERS[method](self.ctx, model.key, images, out)
+        return watch
+
+    # -- one model: warm-up, interleaved rounds, agreement ----------------------------------------
+
+    def measure_model(self, model: BenchModel, files: list[Path]) -> None:
+        from spark_jobs.models import build_predictor
+
+        count = self.plan.images[model.key]
+        sets = self.workdir / "sets"
+        folder = link_set(files[:count], sets / model.key)
+        warm = link_set(files[: self.plan.warmup_images], sets / f"{model.key}-warmup")
+        payload = {"manifest": model.version.manifest.to_dict(), "weights": model.version.weights}
+        self.ctx.payloads[model.key] = self.spark.sparkContext.broadcast(payload)
+        self.ctx.mlflow_uris[model.key] = model.mlflow_uri
+        self.ctx.pools[model.key] = M.start_process_pool(payload, self.args.cores)
+        predictor = build_predictor(model.version, num_threads=self.args.cores)
+        configs = list(M.iter_ceiling_configs(self.args.cores))
+        method_names = [*configs, *M.SPARK_METHODS, M.SPARK_FLOOR]
+        outputs = self.workdir / "out" / model.key
+        log.info("%s: warm-up on %d images", model.key, len(list(warm.glob("*.jpg"))))
+        for method in method_names:
+            watch = self.run_method(model, method, warm, outputs / "warmup" / method, predictor)
+            log.info("  warm-up %-24s %6.1f s", method, watch.seconds)
+        timed: dict[str, list[dict[str, Any]]] = {m: [] for m in method_names}
+        for round_no in range(self.plan.rounds):
+            shift = round_no * 3 % len(method_names)
+            order = method_names[shift:] + method_names[:shift]
+            for method in order:
+                watch = self.run_method(model, method, folder, outputs / method, predictor)
+                record = {
+                    "model": model.key,
+                    "method": method,
+                    "round": round_no,
+                    "images": count,
+                    "seconds": watch.seconds,
+                    "cpu_seconds": watch.cpu_seconds,
+                }
+                timed[method].append(record)
+                self.runs.append(record)
+                log.info(
+                    "  round %d %-24s %6.1f s %7.1f images/s", round_no, method, watch.seconds, count / watch.seconds
+                )
+        self.ctx.pools.pop(model.key).shutdown()
+        reference = M.read_predictions(outputs / "dataloader_w0")
+        rows: dict[str, dict[str, Any]] = {}
+        for method in method_names:
+            row = {"model": model.key, "method": method, **summarise_runs(timed[method], count)}
+            if method == M.SPARK_FLOOR:
+                row.update(agreement=None, status="no model (Spark's floor)")
+            else:
+                agreement = check_agreement(reference, M.read_predictions(outputs / method))
+                row["agreement"] = {**asdict(agreement), "ok": agreement.ok}
+                row["status"] = "ok" if agreement.ok else "wrong"
+            rows[method] = row
+        best = max(configs, key=lambda c: rows[c]["images_per_s_median"] if rows[c]["status"] == "ok" else -1)
+        self.ceiling[model.key] = {
+            "best_config": best,
+            "configs": {c: rows[c]["images_per_s_median"] for c in configs},
+            "config_rows": [rows[c] for c in configs],
+        }
+        ceiling_row = {**rows[best], "method": M.CEILING, "ceiling_config": best, "agreement": None}
+        ceiling_ips = ceiling_row["images_per_s_median"]
+        for row in [ceiling_row, *(rows[m] for m in (*M.SPARK_METHODS, M.SPARK_FLOOR))]:
+            row["ceiling_ratio"] = row["images_per_s_median"] / ceiling_ips
+            self.summary.append(row)
+
+    # -- Rescore at growing counts, and worker memory at growing partitions -----------------------
+
+    def measure_scaling(self, model: BenchModel, files: list[Path]) -> list[dict[str, Any]]:
+        base = files[: self.plan.scaling_base]
+        results = []
+        for multiplier in self.plan.scaling_multipliers:
+            folder = link_set(base, self.workdir / "sets" / f"scaling-{multiplier}x", copies=multiplier)
+            out = self.workdir / "out" / "scaling" / f"{multiplier}x"
+            watch = self.run_method(model, M.RESCORE, folder, out, None)
+            count = len(base) * multiplier
+            results.append(
+                {
+                    "model": model.key,
+                    "multiplier": multiplier,
+                    "images": count,
+                    "seconds": watch.seconds,
+                    "images_per_s": count / watch.seconds,
+                    "cpu_ms_per_image": 1000 * watch.cpu_seconds / count,
+                }
+            )
+            log.info("scaling %4dx: %d images in %.1f s", multiplier, count, watch.seconds)
+            shutil.rmtree(out, ignore_errors=True)
+        return results
+
+    def measure_memory(self, model: BenchModel, files: list[Path], interval: float) -> list[dict[str, Any]]:
+        base = files[: self.plan.memory_partitions[0]]
+        results = []
+        for size in self.plan.memory_partitions:
+            copies = size // len(base)
+            folder = link_set(base, self.workdir / "sets" / f"memory-{size}", copies=copies)
+            # Fresh Python workers for every size, so one size's peak cannot carry over to the next.
+            self.spark.stop()
+            self.spark = start_spark(self.args.cores, self.args.batch_size)
+            self.ctx.spark = self.spark
+            payload = {"manifest": model.version.manifest.to_dict(), "weights": model.version.weights}
+            self.ctx.payloads[model.key] = self.spark.sparkContext.broadcast(payload)
+            out = self.workdir / "out" / "memory" / str(size)
+            shutil.rmtree(out, ignore_errors=True)
+            with WorkerMemorySampler(interval) as sampler:
+                images = M.read_files(self.spark, folder, partitions=1)
+                M.run_rescore(self.ctx, model.key, images, out)
+            results.append(
+                {
+                    "model": model.key,
+                    "partition_images": len(base) * copies,
+                    "peak_worker_mb": sampler.peak_worker_bytes / 2**20,
+                    "peak_total_mb": sampler.peak_total_bytes / 2**20,
+                    "samples": sampler.samples,
+                }
+            )
+            log.info(
+                "memory: %d images in one partition, peak worker RSS %.0f MiB", size, sampler.peak_worker_bytes / 2**20
+            )
+        return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = parse_args(argv)
+    plan = PLANS["quick" if args.quick else "full"]
+    started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    machine = machine_info(args.cores)
+    bench = Bench(args, plan)
+    files = generate_images(bench.workdir / "images", max(*plan.images.values(), plan.scaling_base), args.seed)
+    models = prepare_models(bench.workdir, [k for k in args.models.split(",") if k])
+    model_rows = []
+    for model in models:
+        log.info("measuring %s (%d images)", model.key, plan.images[model.key])
+        bench.measure_model(model, files)
+        model_rows.append({"key": model.key, "title": model.title, "status": "measured", **model.info})
+    keras_missing = keras_status()
+    if keras_missing:
+        model_rows.append(
+            {"key": "mobilenet_v2_160", "title": "Keras MobileNetV2 (weights=None)", "status": keras_missing}
+        )
+    rss_interval = 0.05
+    scaling: list[dict[str, Any]] = []
+    memory: list[dict[str, Any]] = []
+    if not args.skip_scaling:
+        scaling = bench.measure_scaling(models[0], files)
+        memory = bench.measure_memory(models[0], files, rss_interval)
+    bench.spark.stop()
+    machine["loadavg_end"] = round(os.getloadavg()[0], 2)
+    results: dict[str, Any] = {
+        "schema": 1,
+        "mode": plan.mode,
+        "note": args.note,
+        "started_at": started_at,
+        "duration_s": time.perf_counter() - started,
+        "machine": machine,
+        "settings": {
+            "cores": args.cores,
+            "batch_size": args.batch_size,
+            "rounds": plan.rounds,
+            "warmup_images": plan.warmup_images,
+            "seed": args.seed,
+            "spark_partitions": 2 * args.cores,
+            "rss_interval_s": rss_interval,
+        },
+        "data": describe(files),
+        "models": model_rows,
+        "methods": M.DESCRIPTIONS,
+        "ceiling_configs": list(M.iter_ceiling_configs(args.cores)),
+        "ceiling": bench.ceiling,
+        "summary": bench.summary,
+        "runs": bench.runs,
+        "scaling": scaling,
+        "memory": memory,
+    }
+    write_report(results, args.out)
+    log.info("results in %s (%.0f s)", args.out, results["duration_s"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,363 @@
+"""Turning measurements into results: agreement with the ceiling, the summary table, targets,
+``results.json``, the README and the plot. Pure functions of plain data, so they are unit-tested
+without Spark; ``make bench`` regenerates every figure, none is typed by hand."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MIN_ARGMAX_AGREEMENT = 0.99
+PROBABILITY_TOLERANCE = 1e-3
+
+#: (name, numerator method, denominator method, threshold): Rescore's targets from the issue.
+RATIO_TARGETS = (
+    ("Rescore / ceiling", "rescore", "ceiling", 0.90),
+    ("Rescore / predict_batch_udf (array column)", "rescore", "predict_batch_udf", 1.4),
+    ("Rescore / mlflow spark_udf", "rescore", "mlflow_spark_udf", 1.4),
+    ("Rescore / predict_batch_udf fed bytes", "rescore", "predict_batch_udf_bytes", 1.0),
+    ("Rescore / blog pattern", "rescore", "blog_pandas_udf", 1.0),
+    ("Rescore / row-at-a-time UDF", "rescore", "row_udf", 1.0),
+)
+MEMORY_GROWTH_LIMIT = 1.10
+SCALING_MIN_RATIO = 0.90
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a method's predictions compare with the ceiling's, image by image."""
+
+    reference_images: int
+    compared: int
+    missing: int
+    argmax_agreement: float
+    max_abs_diff: float
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.missing == 0
+            and self.argmax_agreement >= MIN_ARGMAX_AGREEMENT
+            and self.max_abs_diff <= PROBABILITY_TOLERANCE
+        )
+
+
+def check_agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> Agreement:
+    """Compare ``image_id -> probabilities`` maps; an image missing from ``candidate`` counts as a
+    disagreement, as does a probability vector of another length."""
+    if not reference:
+        raise ValueError("the reference (ceiling) predictions are empty: nothing to compare against")
+    same_argmax = 0
+    compared = 0
+    max_diff = 0.0
+    for image_id, ref in reference.items():
+        cand = candidate.get(image_id)
+        if cand is None:
+            continue
+        compared += 1
+        if cand.shape != ref.shape:
+            max_diff = float("inf")
+            continue
+        same_argmax += int(int(np.argmax(cand)) == int(np.argmax(ref)))
+        max_diff = max(max_diff, float(np.max(np.abs(cand.astype(np.float64) - ref.astype(np.float64)))))
+    return Agreement(
+        reference_images=len(reference),
+        compared=compared,
+        missing=len(reference) - compared,
+        argmax_agreement=same_argmax / len(reference),
+        max_abs_diff=max_diff,
+    )
+
+
+def summarise_runs(runs: list[dict[str, Any]], images: int) -> dict[str, Any]:
+    """Min/median seconds and images/s, and median CPU ms per image, of one method's timed runs."""
+    seconds = [r["seconds"] for r in runs]
+    cpu = [r["cpu_seconds"] for r in runs]
+    return {
+        "images": images,
+        "runs": len(runs),
+        "seconds_min": min(seconds),
+        "seconds_median": statistics.median(seconds),
+        "images_per_s_best": images / min(seconds),
+        "images_per_s_median": images / statistics.median(seconds),
+        "cpu_ms_per_image": 1000 * statistics.median(cpu) / images,
+    }
+
+
+def ratio_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ratio target per model, from median images/s; ``met`` is None where a side is missing."""
+    by_key = {(row["model"], row["method"]): row for row in summary}
+    models = sorted({row["model"] for row in summary}, key=[row["model"] for row in summary].index)
+    targets = []
+    for model in models:
+        for name, num, den, threshold in RATIO_TARGETS:
+            a, b = by_key.get((model, num)), by_key.get((model, den))
+            target: dict[str, Any] = {"model": model, "target": name, "threshold": threshold}
+            if a is None or b is None or a.get("status") != "ok":
+                target.update(value=None, met=None, gap=None, note="not measured or Rescore wrong")
+            else:
+                value = a["images_per_s_median"] / b["images_per_s_median"]
+                target.update(value=value, met=value >= threshold, gap=value - threshold)
+                if b.get("status") != "ok":
+                    target["note"] = f"{den} disagrees with the ceiling (reported wrong)"
+            targets.append(target)
+    return targets
+
+
+def scaling_target(scaling: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Linear time: images/s at the largest count within 10% of the 10x (or second) count's."""
+    if len(scaling) < 2:
+        return None
+    ref = scaling[1] if len(scaling) > 2 else scaling[0]
+    value = scaling[-1]["images_per_s"] / ref["images_per_s"]
+    return {
+        "model": scaling[-1]["model"],
+        "target": f"scaling: images/s at {scaling[-1]['multiplier']}x / at {ref['multiplier']}x",
+        "threshold": SCALING_MIN_RATIO,
+        "value": value,
+        "met": value >= SCALING_MIN_RATIO,
+        "gap": value - SCALING_MIN_RATIO,
+    }
+
+
+def memory_target(memory: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Peak worker memory at the largest partition within 10% of the smallest partition's."""
+    if len(memory) < 2:
+        return None
+    value = memory[-1]["peak_worker_mb"] / memory[0]["peak_worker_mb"]
+    return {
+        "model": memory[-1]["model"],
+        "target": f"peak worker RSS at {memory[-1]['partition_images']} / at {memory[0]['partition_images']} "
+        "images per partition",
+        "threshold": MEMORY_GROWTH_LIMIT,
+        "value": value,
+        "met": value <= MEMORY_GROWTH_LIMIT,
+        "gap": MEMORY_GROWTH_LIMIT - value,
+    }
+
+
+def cpu_notes(summary: list[dict[str, Any]]) -> list[str]:
+    """Per model: Rescore's CPU per image beside the ceiling's, and the other methods' extra CPU."""
+    notes = []
+    for model in dict.fromkeys(row["model"] for row in summary):
+        rows = {row["method"]: row for row in summary if row["model"] == model}
+        ceiling, rescore = rows.get("ceiling"), rows.get("rescore")
+        if ceiling is None or rescore is None:
+            continue
+        extra = rescore["cpu_ms_per_image"] - ceiling["cpu_ms_per_image"]
+        others = ", ".join(
+            f"{name} {row['cpu_ms_per_image']:.1f}"
+            for name, row in rows.items()
+            if name not in ("ceiling", "rescore", "spark_io_floor")
+        )
+        notes.append(
+            f"{model}: Rescore {rescore['cpu_ms_per_image']:.1f} ms vs the ceiling's "
+            f"{ceiling['cpu_ms_per_image']:.1f} ms "
+            f"({extra:+.1f} ms: JVM file reading, Arrow transfer to the Python workers, Parquet writing); "
+            f"others: {others}"
+        )
+        floor = rows.get("spark_io_floor")
+        if floor is not None:
+            notes.append(
+                f"{model}: the same Spark job without decoding or a model takes {floor['seconds_median']:.1f} s "
+                f"and {floor['cpu_ms_per_image']:.1f} CPU ms per image; Rescore takes {rescore['seconds_median']:.1f} s"
+            )
+    return notes
+
+
+def all_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    targets = ratio_targets(results["summary"])
+    for extra in (scaling_target(results.get("scaling", [])), memory_target(results.get("memory", []))):
+        if extra is not None:
+            targets.append(extra)
+    return targets
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Agreement):
+        return {**asdict(value), "ok": value.ok}
+    raise TypeError(f"cannot write {type(value).__name__} into results.json")
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _summary_row(row: dict[str, Any]) -> str:
+    agreement = row.get("agreement")
+    method = row["method"] + (f" ({row['ceiling_config']})" if row.get("ceiling_config") else "")
+    agree = f"{100 * agreement['argmax_agreement']:.1f}%" if agreement else "–"
+    if row["method"] == "ceiling":
+        agree = "reference"
+    diff = f"{agreement['max_abs_diff']:.1e}" if agreement else "–"
+    status = "**wrong**" if row["status"] == "wrong" else row["status"]
+    return (
+        f"| {row['model']} | {method} | {row['images']} | {_fmt(row['images_per_s_median'])} "
+        f"| {_fmt(row['images_per_s_best'])} | {_fmt(row.get('ceiling_ratio'), 2)} | {_fmt(row['cpu_ms_per_image'])} "
+        f"| {agree} | {diff} | {status} |"
+    )
+
+
+def render_readme(results: dict[str, Any], plot_name: str) -> str:
+    """The benchmarks README: setting, table, plot, targets, scaling, memory; all from ``results``."""
+    machine = results["machine"]
+    settings = results["settings"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `make bench` (`python -m include.bench`) from "
+        "[`results.json`](results.json); do not edit by hand.",
+        "",
+        f"- **Mode:** {results['mode']}"
+        + (" (quick: fewer images and rounds; figures are indicative)" if results["mode"] == "quick" else ""),
+        f"- **Machine:** {machine['cpu_model']}, {settings['cores']} cores used of {machine['logical_cpus']}, "
+        f"{machine['memory_gib']} GiB; Python {machine['python']}, PySpark {machine['pyspark']}, "
+        f"PyTorch {machine['torch']}, MLflow {machine['mlflow']}, Pillow {machine['pillow']}",
+        f"- **Load:** 1-minute load average {machine['loadavg_start']} at the start, "
+        f"{machine['loadavg_end']} at the end" + (f"; {results['note']}" if results.get("note") else ""),
+        f"- **Run:** {results['started_at']}, {results['duration_s']:.0f} s; batch size {settings['batch_size']}, "
+        f"{settings['rounds']} timed rounds per method, interleaved, after one warm-up round on "
+        f"{settings['warmup_images']} images",
+        f"- **Images:** {results['data']['count']} generated photo-like JPEGs, "
+        f"{results['data']['mean_pixels'] / 1000:.0f} kpixels and {results['data']['mean_bytes'] / 1024:.1f} KiB "
+        f"on average ({results['data']['bits_per_pixel']} bits per pixel), seed {settings['seed']}",
+        "",
+        "Every method reads the same files and writes its predictions to Parquet (end to end: files to stored "
+        "predictions). A method whose predictions disagree with the ceiling's (argmax on fewer than "
+        f"{MIN_ARGMAX_AGREEMENT:.0%} of images, or a probability off by more than {PROBABILITY_TOLERANCE:g}) "
+        "is reported **wrong**, not fast. CPU ms per image is the CPU time of the whole process tree "
+        "(driver, JVM, Python workers) over the run, divided by the images.",
+        "",
+        "## Throughput",
+        "",
+        "| model | method | images | images/s (median) | images/s (best) | × ceiling | CPU ms / image | "
+        "argmax agreement | max prob. diff | status |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    lines += [_summary_row(row) for row in results["summary"]]
+    for model in results["models"]:
+        if model["status"] != "measured":
+            lines.append(f"| {model['key']} | all methods | – | – | – | – | – | – | – | {model['status']} |")
+    lines += ["", f"![images/s by method and model]({plot_name})", "", "### Methods", ""]
+    for name, text in results["methods"].items():
+        lines.append(f"- `{name}`: {text}")
+    lines += ["", "### The ceiling's configurations (median images/s)", ""]
+    lines.append("| model | " + " | ".join(results["ceiling_configs"]) + " | best |")
+    lines.append("| --- |" + " ---: |" * (len(results["ceiling_configs"]) + 1))
+    for model, info in results["ceiling"].items():
+        cells = [_fmt(info["configs"].get(c)) for c in results["ceiling_configs"]]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {info['best_config']} |")
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| model | target | value | threshold | result |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for t in results["targets"]:
+        if t["met"] is None:
+            verdict = t.get("note", "not measured")
+        elif t["met"]:
+            verdict = f"met (margin {abs(t['gap']):.2f})"
+        else:
+            verdict = f"**missed** by {abs(t['gap']):.2f}"
+        if t.get("note") and t["met"] is not None:
+            verdict += f"; {t['note']}"
+        cmp = "≤" if t["target"].startswith("peak worker RSS") else "≥"
+        lines.append(f"| {t['model']} | {t['target']} | {_fmt(t['value'], 2)} | {cmp} {t['threshold']} | {verdict} |")
+    missed = [t for t in results["targets"] if t["met"] is False]
+    if missed:
+        lines += ["", "Where the time goes (CPU of the whole process tree, per image, median run):", ""]
+        lines += [f"- {note}" for note in cpu_notes(results["summary"])]
+    if results.get("scaling"):
+        lines += [
+            "",
+            "## Scaling (Rescore)",
+            "",
+            "| model | × base | images | seconds | images/s | CPU ms / image |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for s in results["scaling"]:
+            lines.append(
+                f"| {s['model']} | {s['multiplier']} | {s['images']} | {s['seconds']:.1f} | {s['images_per_s']:.1f} "
+                f"| {s['cpu_ms_per_image']:.1f} |"
+            )
+    if results.get("memory"):
+        lines += [
+            "",
+            "## Python worker memory (Rescore, one partition, fresh workers)",
+            "",
+            "Peak resident memory of Spark's Python workers, sampled every "
+            f"{results['settings']['rss_interval_s'] * 1000:.0f} ms from the process tree.",
+            "",
+            "| model | images in the partition | peak RSS of one worker (MiB) | peak RSS of all workers (MiB) "
+            "| samples |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for m in results["memory"]:
+            lines.append(
+                f"| {m['model']} | {m['partition_images']} | {m['peak_worker_mb']:.0f} | {m['peak_total_mb']:.0f} "
+                f"| {m['samples']} |"
+            )
+    lines += ["", "Reproduce: `make bench` (full, ~45 min on 2 cores) or `make bench QUICK=1` (< 5 min).", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: median images/s per method, one colour per model, ratio to the ceiling on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["summary"]
+    models = [m["key"] for m in results["models"] if m["status"] == "measured"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * max(1, len(models)), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        values, labels, colours, notes = [], [], [], []
+        for method in methods:
+            row = next((r for r in rows if r["model"] == model and r["method"] == method), None)
+            if row is None or row["method"] == "spark_io_floor":
+                continue
+            values.append(row["images_per_s_median"])
+            labels.append(method)
+            colours.append("#999999" if method == "ceiling" else "#1f77b4" if method == "rescore" else "#ff7f0e")
+            if row["status"] != "ok":
+                notes.append("wrong")
+            else:
+                notes.append("" if row.get("ceiling_ratio") is None else f"{row['ceiling_ratio']:.2f}×")
+        bars = ax.bar(range(len(values)), values, color=colours)
+        for bar, note in zip(bars, notes, strict=True):
+            ax.annotate(
+                note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8
+            )
+        ax.set_xticks(range(len(values)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_title(model)
+        ax.set_ylabel("images/s (median); label: × ceiling")
+    fig.suptitle(f"Images/s end to end on {results['settings']['cores']} cores ({results['mode']} mode)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], out_dir: Path) -> None:
+    """results.json, README.md and the plot into ``out_dir``."""
+    plot_name = "throughput.png"
+    results["targets"] = all_targets(results)
+    write_json(results, out_dir / "results.json")
+    plot(results, out_dir / plot_name)
+    (out_dir / "README.md").write_text(render_readme(results, plot_name))

@@ -1,0 +1,88 @@
+"""GPU scoring: the assigned device, channels-last and optional autocast. Skipped without CUDA."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from spark_jobs.model_store import Manifest, ModelVersion
+from spark_jobs.score import ScoringOptions, task_device
+
+pytestmark = [pytest.mark.spark, pytest.mark.gpu]
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+needs_cuda = pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
+
+
+def _version(seed: int = 0) -> ModelVersion:
+    import torch
+    from safetensors.torch import save
+
+    from spark_jobs.models.torch_nets import SmallCNN
+
+    torch.manual_seed(seed)
+    weights = save({k: v.contiguous() for k, v in SmallCNN(4).state_dict().items()})
+    manifest = Manifest(
+        name="gpu", framework="pytorch", architecture="small_cnn", input_size=64, labels=list("abcd"), version="1"
+    )
+    return ModelVersion(manifest, weights)
+
+
+def test_the_task_device_is_the_gpu_spark_assigned(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyspark
+
+    class FakeContext:
+        def __init__(self, resources: dict[str, Any]) -> None:
+            self._resources = resources
+
+        def cpus(self) -> int:
+            return 4
+
+        def resources(self) -> dict[str, Any]:
+            return self._resources
+
+    monkeypatch.setattr(
+        pyspark.TaskContext, "get", staticmethod(lambda: FakeContext({"gpu": SimpleNamespace(addresses=["3"])}))
+    )
+    assert task_device() == ("cuda:3", 4)
+    assert ScoringOptions().decode_mode("cuda:3") == "prefetch"
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: FakeContext({})))
+    assert task_device() == ("cpu", 4)
+    assert ScoringOptions().decode_mode("cpu") == "inline"
+
+
+@needs_cuda
+def test_gpu_probabilities_match_the_cpu_ones() -> None:
+    from spark_jobs.models import build_predictor
+
+    batch = np.random.default_rng(0).normal(size=(16, 3, 64, 64)).astype(np.float32)
+    cpu = build_predictor(_version(), device="cpu").forward(batch).probabilities
+    gpu_predictor = build_predictor(_version(), device="cuda:0")
+    gpu = gpu_predictor.forward(batch).probabilities
+    np.testing.assert_allclose(gpu, cpu, atol=1e-3)
+    amp = build_predictor(_version(), device="cuda:0", mixed_precision=True).forward(batch).probabilities
+    np.testing.assert_allclose(amp, cpu, atol=2e-2)
+    assert amp.dtype == np.float32
+
+
+@needs_cuda
+def test_convolutions_run_channels_last_on_the_gpu() -> None:
+    import torch
+
+    from spark_jobs.models import build_predictor
+
+    predictor = build_predictor(_version(), device="cuda:0")
+    conv = next(m for m in predictor.network.modules() if isinstance(m, torch.nn.Conv2d))  # type: ignore[attr-defined]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.device.type == "cuda"

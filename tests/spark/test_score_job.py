@@ -1,0 +1,113 @@
+"""The score job end to end in-process: date scope on ingested_at, --force replacing a version's
+partition (and only the re-scored rows of it), nothing re-scored without --force."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from spark_jobs.contract import RescorePaths
+from spark_jobs.model_store import Manifest, ModelStore
+from spark_jobs.score import main, parse_args
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+pytestmark = pytest.mark.spark
+
+DAYS = {"2026-03-01": 4, "2026-03-02": 5, "2026-03-03": 3}
+
+
+def _png(value: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), (value * 20 % 256, 40, 90)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def home(spark: SparkSession, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> RescorePaths:
+    import torch
+    from safetensors.torch import save_file
+
+    from spark_jobs.models.torch_nets import SmallCNN
+
+    paths = RescorePaths(str(tmp_path / "home"))
+    rows = []
+    n = 0
+    for day, count in DAYS.items():
+        for _ in range(count):
+            stamp = datetime.fromisoformat(f"{day}T12:30:00")
+            rows.append((f"img-{day}-{n}", f"file:/nowhere/{n}.png", bytearray(_png(n)), stamp))
+            n += 1
+    spark.createDataFrame(rows, "image_id string, path string, content binary, ingested_at timestamp").write.parquet(
+        paths.images
+    )
+    torch.manual_seed(0)
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in SmallCNN(2).state_dict().items()}, str(weights))
+    manifest = Manifest(name="m", framework="pytorch", architecture="small_cnn", input_size=16, labels=["x", "y"])
+    ModelStore(paths.models).publish(manifest, weights)
+    return paths
+
+
+def _rows(spark: SparkSession, paths: RescorePaths) -> list[dict]:  # type: ignore[type-arg]
+    frame = spark.read.parquet(paths.predictions).where("model_name = 'm' AND model_version = '1'")
+    return [r.asDict() for r in frame.select("image_id", "run_id", "top_k").collect()]
+
+
+def _score(paths: RescorePaths, *extra: str) -> int:
+    return main(["--home", paths.home, "--model-name", "m", "--batch-size", "2", "--top-k", "1", *extra])
+
+
+def test_a_date_range_scores_only_images_ingested_in_it(spark: SparkSession, home: RescorePaths) -> None:
+    assert _score(home, "--from-date", "2026-03-02", "--to-date", "2026-03-03", "--run-id", "r1") == 0
+    ids = sorted(r["image_id"] for r in _rows(spark, home))
+    assert len(ids) == 8
+    assert all(i.startswith(("img-2026-03-02", "img-2026-03-03")) for i in ids)
+    assert all(len(r["top_k"]) == 1 for r in _rows(spark, home))
+
+
+def test_force_rescores_the_range_in_place_and_keeps_the_rest(spark: SparkSession, home: RescorePaths) -> None:
+    # Given every image scored once by run r1
+    assert _score(home, "--run-id", "r1") == 0
+    assert len(_rows(spark, home)) == 12
+    # When run again without --force nothing is added
+    assert _score(home, "--run-id", "r2") == 0
+    assert {r["run_id"] for r in _rows(spark, home)} == {"r1"}
+
+    # When one day is re-scored with --force
+    assert _score(home, "--from-date", "2026-03-02", "--to-date", "2026-03-02", "--force", "--run-id", "r3") == 0
+
+    # Then each image still has exactly one row: that day's from r3, the others still from r1
+    rows = _rows(spark, home)
+    assert sorted(r["image_id"] for r in rows) == sorted({r["image_id"] for r in rows})
+    assert len(rows) == 12
+    by_run = {r["image_id"]: r["run_id"] for r in rows}
+    assert {i for i, run in by_run.items() if run == "r3"} == {i for i in by_run if i.startswith("img-2026-03-02")}
+    # and no staging or replaced folder is left where a reader could see it
+    leftovers = [p.name for p in Path(home.predictions).iterdir() if p.name.startswith(("_staging", "_replaced"))]
+    assert leftovers == []
+
+
+def test_force_on_a_version_never_scored_writes_its_partition(spark: SparkSession, home: RescorePaths) -> None:
+    assert _score(home, "--force", "--run-id", "r1") == 0
+    assert len(_rows(spark, home)) == 12
+
+
+def test_bad_flags_are_refused_with_the_flag_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--model-name", "m", "--from-date", "2026-03-05", "--to-date", "2026-03-01"])
+    assert "--from-date 2026-03-05 is after --to-date 2026-03-01" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--model-name", "m", "--from-date", "yesterday"])
+    assert "use YYYY-MM-DD" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--model-name", "m", "--decode", "gpu"])
+    args = parse_args(["--model-name", "m"])
+    assert (args.batch_size, args.arrow_batch_size, args.top_k, args.decode, args.force) == (64, None, 3, "auto", False)

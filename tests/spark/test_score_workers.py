@@ -1,0 +1,191 @@
+"""Model reuse and bounded memory: one build per Python worker, a bounded number of batches held.
+
+A fake model (injected through ScoringOptions.builder) logs every build and every batch it
+scores, with the worker's pid and what the UDF held at that moment (spark_jobs.score.HELD), to
+files named in its manifest's ``extra``; the tests read those logs back on the driver.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spark_jobs.model_store import Manifest, ModelVersion
+from spark_jobs.models import BatchOutput
+from spark_jobs.score import HeldBatches, ScoringOptions, score_images, score_partition
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+pytestmark = pytest.mark.spark
+
+LABELS = ["a", "b", "c"]
+
+
+class CountingPredictor:
+    """Scores by mean brightness and logs each batch: pid, size, batches the UDF holds now."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    def forward(self, batch: np.ndarray) -> BatchOutput:
+        from spark_jobs import score
+
+        with open(self.manifest.extra["batch_log"], "a") as log:
+            log.write(f"{os.getpid()} {len(batch)} {score.HELD.held}\n")
+        brightness = batch.mean(axis=(1, 2, 3))
+        probs = np.stack([np.full_like(brightness, 0.2), np.full_like(brightness, 0.3), np.full_like(brightness, 0.5)])
+        return BatchOutput(probs.T.astype(np.float32), None)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(batch).probabilities
+
+
+def counting_builder(
+    version: ModelVersion, *, device: str = "cpu", num_threads: int | None = None, mixed_precision: bool = False
+) -> CountingPredictor:
+    with open(version.manifest.extra["build_log"], "a") as log:
+        log.write(f"{os.getpid()}\n")
+    return CountingPredictor(version.manifest)
+
+
+def _png(value: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (value % 256, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _images(spark: SparkSession, count: int, partitions: int) -> DataFrame:
+    rows = [(f"img-{i:05d}", f"mem://{i}", bytearray(_png(i))) for i in range(count)]
+    return spark.createDataFrame(rows, "image_id string, path string, content binary").repartition(partitions)
+
+
+def _manifest(name: str, tmp_path: Path) -> Manifest:
+    return Manifest(
+        name=name,
+        framework="pytorch",
+        architecture="fake",
+        input_size=8,
+        labels=LABELS,
+        version="1",
+        extra={"build_log": str(tmp_path / "builds.log"), "batch_log": str(tmp_path / "batches.log")},
+    )
+
+
+def _run(spark: SparkSession, images: DataFrame, manifest: Manifest, options: ScoringOptions) -> list[Any]:
+    payload = spark.sparkContext.broadcast({"manifest": manifest.to_dict(), "weights": b""})
+    try:
+        return score_images(images, payload, run_id="t", options=options).select("image_id", "label").collect()
+    finally:
+        payload.unpersist()
+
+
+def _log(path: Path) -> list[list[int]]:
+    return [[int(v) for v in line.split()] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_the_model_is_built_once_per_worker_process_not_per_task_or_batch(spark: SparkSession, tmp_path: Path) -> None:
+    # Given 8 partitions of 40 images and a batch size of 4 (80 model batches in all)
+    manifest = _manifest("fake-builds", tmp_path)
+    images = _images(spark, 320, partitions=8)
+
+    # When they are scored on local[2]
+    rows = _run(spark, images, manifest, ScoringOptions(batch_size=4, builder=counting_builder))
+
+    # Then every image got a label, 80 batches ran, and each worker process built the model exactly once
+    assert len(rows) == 320
+    assert {r["label"] for r in rows} == {"c"}
+    builds = Counter(pid for (pid,) in _log(tmp_path / "builds.log"))
+    batches = _log(tmp_path / "batches.log")
+    assert sum(size for _, size, _ in batches) == 320
+    assert len(batches) == 80
+    assert set(builds.values()) == {1}
+    assert {pid for pid, _, _ in batches} <= set(builds)
+    assert sum(builds.values()) < 8  # fewer builds than tasks: workers are reused across tasks
+
+
+def test_a_second_job_with_the_same_version_reuses_the_built_model(spark: SparkSession, tmp_path: Path) -> None:
+    manifest = _manifest("fake-reuse", tmp_path)
+    _run(spark, _images(spark, 40, partitions=2), manifest, ScoringOptions(batch_size=8, builder=counting_builder))
+    first = Counter(pid for (pid,) in _log(tmp_path / "builds.log"))
+    _run(spark, _images(spark, 40, partitions=2), manifest, ScoringOptions(batch_size=8, builder=counting_builder))
+    again = Counter(pid for (pid,) in _log(tmp_path / "builds.log"))
+    batch_pids = {pid for pid, _, _ in _log(tmp_path / "batches.log")}
+    # a worker that already held the model never builds it again
+    assert set(again.values()) == {1}
+    assert batch_pids <= set(again)
+    assert sum(first.values()) >= 1
+
+
+@pytest.mark.parametrize(("decode", "arrow_batch"), [("inline", 600), ("inline", 50), ("prefetch", 600)])
+def test_a_large_partition_is_scored_holding_a_bounded_number_of_batches(
+    spark: SparkSession, tmp_path: Path, decode: str, arrow_batch: int
+) -> None:
+    # Given one partition of 600 images, a batch size of 3 and Arrow batches of up to 600 rows
+    manifest = _manifest(f"fake-bounded-{decode}-{arrow_batch}", tmp_path)
+    images = _images(spark, 600, partitions=1)
+    options = ScoringOptions(batch_size=3, decode=decode, prefetch=2, builder=counting_builder)
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(key)
+    spark.conf.set(key, str(arrow_batch))
+    try:
+        rows = _run(spark, images, manifest, options)
+    finally:
+        spark.conf.set(key, previous)
+
+    # Then 200 batches of 3 ran, and while any of them ran the UDF held at most the bound
+    assert len(rows) == 600
+    batches = _log(tmp_path / "batches.log")
+    assert [size for _, size, _ in batches] == [3] * 200
+    held = [h for _, _, h in batches]
+    assert max(held) <= options.max_held_batches("cpu")
+    assert min(held) >= 1
+
+
+def _arrow_batches(count: int, rows: int, consumed: list[int]):  # type: ignore[no-untyped-def]
+    for i in range(count):
+        consumed.append(i)
+        contents = pd.Series([_png(i * rows + j) for j in range(rows)])
+        yield contents, pd.Series([f"mem://{i}/{j}" for j in range(rows)])
+
+
+@pytest.mark.parametrize("decode", ["inline", "prefetch"])
+def test_score_partition_yields_before_reading_ahead_more_than_the_bound(tmp_path: Path, decode: str) -> None:
+    # Given 50 Arrow batches of 4 rows, a batch size of 2 and a consumer that stops after each result
+    consumed: list[int] = []
+    held = HeldBatches()
+    options = ScoringOptions(batch_size=2, decode=decode, prefetch=3)
+    predictor = CountingPredictor(_manifest("direct", tmp_path))
+    results = score_partition(_arrow_batches(50, 4, consumed), predictor, options, held=held)
+
+    # When the consumer takes results one at a time
+    seen = 0
+    for frame in results:
+        seen += len(frame)
+        # Then the UDF never holds more than the bound, nor reads far ahead of what it has yielded
+        assert 1 <= held.held <= options.max_held_batches("cpu")
+        assert len(consumed) * 4 <= seen + options.max_held_batches("cpu") * 2 + 4
+    assert seen == 200
+    assert held.batches == 100
+    assert held.max_held <= options.max_held_batches("cpu")
+    assert held.held == 0
+
+
+def test_a_decode_thread_failure_reaches_the_task(tmp_path: Path) -> None:
+    def failing():  # type: ignore[no-untyped-def]
+        yield pd.Series([_png(1)]), pd.Series(["ok"])
+        raise OSError("the executor lost its input stream")
+
+    predictor = CountingPredictor(_manifest("direct-fail", tmp_path))
+    results = score_partition(failing(), predictor, ScoringOptions(batch_size=1, decode="prefetch"))
+    with pytest.raises(OSError, match="lost its input stream"):
+        list(results)

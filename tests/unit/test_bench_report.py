@@ -1,0 +1,210 @@
+"""The benchmark's judge and reporter: agreement with the ceiling, summaries, targets, the
+README/JSON/plot writer, and the process-tree measurements. No Spark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from include.bench.measure import WorkerMemorySampler, tree_cpu_seconds
+from include.bench.report import check_agreement, memory_target, summarise_runs, write_report
+
+pytestmark = pytest.mark.unit
+
+
+def _probs(count: int, classes: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    raw = (
+        rng.random((count, classes)).astype(np.float32) + np.eye(classes, dtype=np.float32)[np.arange(count) % classes]
+    )
+    raw /= raw.sum(axis=1, keepdims=True)
+    return {f"img_{i}.jpg": raw[i] for i in range(count)}
+
+
+def test_identical_predictions_agree() -> None:
+    reference = _probs(100)
+    result = check_agreement(reference, {k: v.copy() for k, v in reference.items()})
+    assert (result.compared, result.missing, result.argmax_agreement, result.max_abs_diff) == (100, 0, 1.0, 0.0)
+    assert result.ok
+
+
+def test_two_percent_other_argmax_is_wrong() -> None:
+    reference = _probs(100)
+    candidate = {k: v.copy() for k, v in reference.items()}
+    for key in ("img_3.jpg", "img_50.jpg"):
+        candidate[key] = candidate[key][::-1].copy()  # a different top class
+        assert np.argmax(candidate[key]) != np.argmax(reference[key])
+    result = check_agreement(reference, candidate)
+    assert result.argmax_agreement == pytest.approx(0.98)
+    assert not result.ok
+
+
+def test_probabilities_beyond_tolerance_are_wrong_within_are_fine() -> None:
+    reference = _probs(10)
+    near = {k: v + np.float32(5e-4) for k, v in reference.items()}
+    far = {k: v.copy() for k, v in reference.items()}
+    far["img_7.jpg"] = far["img_7.jpg"] + np.float32(2e-3)
+    assert check_agreement(reference, near).ok
+    off = check_agreement(reference, far)
+    assert off.argmax_agreement == 1.0
+    assert off.max_abs_diff == pytest.approx(2e-3, rel=1e-3)
+    assert not off.ok
+
+
+def test_a_missing_image_is_wrong() -> None:
+    reference = _probs(200)
+    candidate = dict(reference)
+    del candidate["img_0.jpg"]
+    result = check_agreement(reference, candidate)
+    assert (result.missing, result.compared) == (1, 199)
+    assert result.argmax_agreement == pytest.approx(0.995)
+    assert not result.ok
+
+
+def test_empty_reference_is_refused() -> None:
+    with pytest.raises(ValueError, match="reference"):
+        check_agreement({}, _probs(3))
+
+
+def test_summarise_runs_min_median_and_cpu_per_image() -> None:
+    runs = [
+        {"seconds": 2.0, "cpu_seconds": 1.0},
+        {"seconds": 4.0, "cpu_seconds": 3.0},
+        {"seconds": 3.0, "cpu_seconds": 2.0},
+    ]
+    summary = summarise_runs(runs, images=60)
+    assert summary["seconds_min"] == 2.0
+    assert summary["seconds_median"] == 3.0
+    assert summary["images_per_s_best"] == pytest.approx(30.0)
+    assert summary["images_per_s_median"] == pytest.approx(20.0)
+    assert summary["cpu_ms_per_image"] == pytest.approx(2000 / 60)
+
+
+def _row(method: str, ips: float, status: str = "ok", ratio: float | None = None) -> dict[str, Any]:
+    agreement = (
+        None if method == "ceiling" else {"argmax_agreement": 1.0 if status == "ok" else 0.5, "max_abs_diff": 1e-6}
+    )
+    return {
+        "model": "m64",
+        "method": method,
+        "images": 100,
+        "runs": 2,
+        "seconds_min": 100 / ips,
+        "seconds_median": 100 / ips,
+        "images_per_s_best": ips,
+        "images_per_s_median": ips,
+        "cpu_ms_per_image": 12.5,
+        "ceiling_ratio": ratio,
+        "agreement": agreement,
+        "status": status,
+    }
+
+
+def _results() -> dict[str, Any]:
+    return {
+        "schema": 1,
+        "mode": "quick",
+        "note": "machine shared with other jobs",
+        "started_at": "2026-11-28T08:00:00+00:00",
+        "duration_s": 123.0,
+        "machine": {
+            "cpu_model": "Test CPU",
+            "logical_cpus": 2,
+            "memory_gib": 8,
+            "python": "3.11",
+            "pyspark": "4.2.0",
+            "torch": "2.13.0",
+            "mlflow": "3.17.2",
+            "pillow": "13.0.0",
+            "loadavg_start": 1.0,
+            "loadavg_end": 2.0,
+        },
+        "settings": {"cores": 2, "batch_size": 32, "rounds": 2, "warmup_images": 64, "seed": 1, "rss_interval_s": 0.05},
+        "data": {"count": 100, "mean_pixels": 150000.0, "mean_bytes": 20000.0, "bits_per_pixel": 1.1},
+        "models": [
+            {"key": "m64", "title": "model", "status": "measured"},
+            {"key": "keras", "status": "not measured: no predictor"},
+        ],
+        "methods": {"ceiling": "plain", "rescore": "ours", "predict_batch_udf": "spark", "row_udf": "rows"},
+        "ceiling_configs": ["dataloader_w0", "process_per_core"],
+        "ceiling": {
+            "m64": {"best_config": "process_per_core", "configs": {"dataloader_w0": 80.0, "process_per_core": 100.0}}
+        },
+        "summary": [
+            _row("ceiling", 100.0, ratio=1.0),
+            _row("rescore", 50.0, ratio=0.5),
+            _row("predict_batch_udf", 25.0, ratio=0.25),
+            _row("row_udf", 500.0, status="wrong", ratio=5.0),
+        ],
+        "runs": [],
+        "scaling": [],
+        "memory": [
+            {"model": "m64", "partition_images": 10, "peak_worker_mb": 400.0, "peak_total_mb": 800.0, "samples": 5},
+            {"model": "m64", "partition_images": 100, "peak_worker_mb": 420.0, "peak_total_mb": 820.0, "samples": 9},
+        ],
+    }
+
+
+def test_report_flags_the_wrong_method_and_computes_targets(tmp_path: Path) -> None:
+    write_report(_results(), tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    row_udf_line = next(line for line in readme.splitlines() if "| row_udf |" in line)
+    assert "**wrong**" in row_udf_line
+    assert "50.0%" in row_udf_line
+    assert "| not measured: no predictor |" in readme
+    results = json.loads((tmp_path / "results.json").read_text())
+    targets = {(t["model"], t["target"]): t for t in results["targets"]}
+    to_ceiling = targets[("m64", "Rescore / ceiling")]
+    assert to_ceiling["value"] == pytest.approx(0.5)
+    assert to_ceiling["met"] is False
+    assert to_ceiling["gap"] == pytest.approx(-0.4)
+    to_pbu = targets[("m64", "Rescore / predict_batch_udf (array column)")]
+    assert (to_pbu["value"], to_pbu["met"]) == (pytest.approx(2.0), True)
+    to_row = targets[("m64", "Rescore / row-at-a-time UDF")]
+    assert to_row["met"] is False  # 50 vs 500 images/s, even though row_udf is wrong
+    assert "disagrees" in to_row["note"]
+    assert targets[("m64", "Rescore / mlflow spark_udf")]["met"] is None  # not measured here
+    assert "**missed** by 0.40" in readme
+    assert "machine shared with other jobs" in readme
+    assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_memory_target_allows_ten_percent_growth() -> None:
+    rows = [
+        {"model": "m", "partition_images": 10, "peak_worker_mb": 400.0},
+        {"model": "m", "partition_images": 1000, "peak_worker_mb": 460.0},
+    ]
+    target = memory_target(rows)
+    assert target is not None
+    assert target["value"] == pytest.approx(1.15)
+    assert target["met"] is False
+    rows[1]["peak_worker_mb"] = 420.0
+    assert memory_target(rows)["met"] is True  # type: ignore[index]
+
+
+def test_tree_cpu_counts_children_that_already_exited() -> None:
+    before = tree_cpu_seconds()
+    burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert tree_cpu_seconds() - before >= 0.35
+
+
+def test_memory_sampler_sees_python_workers_in_the_process_tree() -> None:
+    hold = "import sys, time; data = bytearray(64 * 2**20); time.sleep(3)"
+    worker = subprocess.Popen([sys.executable, "-c", hold, "pyspark.daemon"])
+    try:
+        time.sleep(1.0)  # let it allocate
+        with WorkerMemorySampler(interval=0.02) as sampler:
+            time.sleep(0.2)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert sampler.samples >= 2
+    assert sampler.peak_worker_bytes >= 64 * 2**20

@@ -1,0 +1,231 @@
+"""The model interface: PyTorch and Keras predictors, embeddings, and refusing anything pickled."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spark_jobs.model_store import Manifest, ModelLoadError, ModelStore, ModelVersion, UnsafeModelError
+from spark_jobs.models import build_predictor
+
+pytestmark = pytest.mark.unit
+
+LABELS = ["a", "b", "c"]
+
+
+class _CreatesFile:
+    """Unpickling this object creates ``path`` (what a malicious model file would do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def _torch_manifest(**overrides: object) -> Manifest:
+    fields: dict[str, object] = {
+        "name": "m",
+        "framework": "pytorch",
+        "architecture": "small_cnn",
+        "input_size": 32,
+        "labels": LABELS,
+        "version": "1",
+    }
+    fields.update(overrides)
+    return Manifest.from_dict(fields)
+
+
+def _keras_manifest(**overrides: object) -> Manifest:
+    return _torch_manifest(framework="keras", architecture="keras", weights="model.keras", **overrides)
+
+
+def _torch_weights(seed: int = 0) -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    from spark_jobs.models.torch_nets import build_network
+
+    torch.manual_seed(seed)
+    net = build_network("small_cnn", len(LABELS))
+    return save({k: v.contiguous() for k, v in net.state_dict().items()})
+
+
+def _keras_file(tmp_path: Path, *, output: str = "probabilities") -> Path:
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax" if output == "probabilities" else None)(x)
+    path = tmp_path / "model.keras"
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def _batch(n: int = 5, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 3, 32, 32)).astype(np.float32)
+
+
+@pytest.fixture
+def pickle_payload(tmp_path: Path) -> tuple[bytes, Path]:
+    """A real pickle that creates a marker file when unpickled, checked to do so once."""
+    proof = tmp_path / "proof-unpickling-runs-code"
+    payload = pickle.dumps(_CreatesFile(proof))
+    pickle.loads(payload)  # the payload is real: unpickling it runs code
+    assert proof.exists()
+    marker = tmp_path / "created-by-unpickling"
+    return pickle.dumps(_CreatesFile(marker)), marker
+
+
+def test_pickled_weights_are_refused_before_anything_unpickles_them(
+    pickle_payload: tuple[bytes, Path], tmp_path: Path
+) -> None:
+    payload, marker = pickle_payload
+    version = ModelVersion(_torch_manifest(), payload)
+    with pytest.raises(UnsafeModelError, match=r"pickle.*safetensors"):
+        build_predictor(version)
+    assert not marker.exists()
+
+
+def test_torch_save_archive_is_refused_at_publish_and_at_load(
+    pickle_payload: tuple[bytes, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    _, marker = pickle_payload
+    weights = tmp_path / "model.safetensors"  # a torch.save file under a safe-looking name
+    torch.save({"w": _CreatesFile(marker)}, weights)
+    with pytest.raises(UnsafeModelError, match=r"data\.pkl"):
+        ModelStore(tmp_path / "models").publish(_torch_manifest(), weights)
+    assert not (tmp_path / "models" / "m" / "1").exists()
+    with pytest.raises(UnsafeModelError, match="never unpickles"):
+        build_predictor(ModelVersion(_torch_manifest(), weights.read_bytes()))
+    with pytest.raises(UnsafeModelError):
+        build_predictor(ModelVersion(_keras_manifest(), weights.read_bytes()))
+    assert not marker.exists()
+
+
+def test_plain_pickle_is_refused_at_publish(pickle_payload: tuple[bytes, Path], tmp_path: Path) -> None:
+    payload, marker = pickle_payload
+    weights = tmp_path / "model.keras"
+    weights.write_bytes(payload)
+    with pytest.raises(UnsafeModelError, match="pickle"):
+        ModelStore(tmp_path / "models").publish(_keras_manifest(), weights)
+    assert not marker.exists()
+
+
+def test_keras_lambda_layer_is_refused_and_its_code_never_runs(tmp_path: Path) -> None:
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    marker = tmp_path / "created-by-lambda"
+    inputs = keras.Input((8, 8, 3))
+    # The path sits in the lambda's code as a constant (Keras serialises code, not closures).
+    creates_marker = eval(f"lambda t: (open({str(marker)!r}, 'w').close(), t)[1]")
+    x = keras.layers.Lambda(creates_marker)(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x))
+    path = tmp_path / "model.keras"
+    keras.Model(inputs, outputs).save(path)
+    marker.unlink()  # building the model above ran the lambda once
+    keras.saving.load_model(path, safe_mode=False)  # the file is real: loading it unsafely runs the code
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(UnsafeModelError, match="Lambda"):
+        build_predictor(ModelVersion(_keras_manifest(input_size=8), path.read_bytes()))
+    assert not marker.exists()
+
+
+def test_non_safetensors_bytes_are_refused_when_loading() -> None:
+    with pytest.raises(UnsafeModelError, match="safe format"):
+        build_predictor(ModelVersion(_torch_manifest(), b"not a model at all"))
+
+
+def test_torch_predictor_matches_a_direct_forward_pass_and_returns_the_embedding() -> None:
+    import torch
+    from safetensors.torch import load
+
+    from spark_jobs.models.torch_nets import SmallCNN
+
+    weights = _torch_weights()
+    predictor = build_predictor(ModelVersion(_torch_manifest(embedding="pool"), weights), num_threads=1)
+    batch = _batch()
+    out = predictor.forward(batch)
+
+    net = SmallCNN(len(LABELS))
+    net.load_state_dict(load(weights))
+    net.eval()
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(batch)), dim=1).numpy()
+        pooled = net.pool(net.features(torch.from_numpy(batch))).reshape(5, -1).numpy()
+    np.testing.assert_allclose(out.probabilities, expected, atol=1e-5)
+    assert out.embedding is not None
+    np.testing.assert_allclose(out.embedding, pooled, atol=1e-5)
+    assert out.embedding.shape == (5, 64)
+
+
+def test_torch_predictor_without_embedding_returns_none_and_unknown_layer_is_named() -> None:
+    weights = _torch_weights()
+    assert build_predictor(ModelVersion(_torch_manifest(), weights)).forward(_batch()).embedding is None
+    with pytest.raises(ModelLoadError, match=r"'nope'.*features"):
+        build_predictor(ModelVersion(_torch_manifest(embedding="nope"), weights))
+
+
+def test_torch_weights_of_another_shape_are_a_clear_error() -> None:
+    weights = _torch_weights()
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        build_predictor(ModelVersion(_torch_manifest(labels=["a", "b"]), weights))
+
+
+@pytest.mark.parametrize("output", ["probabilities", "logits"])
+def test_keras_predictor_matches_the_model_called_directly(tmp_path: Path, output: str) -> None:
+    import keras
+
+    path = _keras_file(tmp_path, output=output)
+    manifest = _keras_manifest(output=output, embedding="features")
+    predictor = build_predictor(ModelVersion(manifest, path.read_bytes()), num_threads=1)
+    batch = _batch()
+    out = predictor.forward(batch)
+
+    model = keras.saving.load_model(path)
+    nhwc = batch.transpose(0, 2, 3, 1)
+    raw = np.asarray(model(nhwc))
+    expected = raw if output == "probabilities" else np.exp(raw) / np.exp(raw).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out.probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(out.probabilities.sum(axis=1), 1.0, atol=1e-5)
+    features = keras.Model(model.inputs, model.get_layer("features").output)
+    assert out.embedding is not None
+    np.testing.assert_allclose(out.embedding, np.asarray(features(nhwc)), atol=1e-5)
+
+
+def test_keras_label_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    path = _keras_file(tmp_path)
+    with pytest.raises(ModelLoadError, match="3 outputs but the manifest lists 2 labels"):
+        build_predictor(ModelVersion(_keras_manifest(labels=["a", "b"]), path.read_bytes()))
+
+
+def test_manifests_without_the_new_fields_still_load() -> None:
+    old = {
+        "name": "shapes",
+        "framework": "pytorch",
+        "architecture": "small_cnn",
+        "input_size": 64,
+        "labels": ["a", "b"],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "weights": "model.safetensors",
+        "output": "logits",
+        "version": "1",
+        "created_at": None,
+        "extra": {},
+    }
+    manifest = Manifest.from_dict(old)
+    assert manifest.embedding is None
+    assert Manifest.from_dict(manifest.to_dict()) == manifest
