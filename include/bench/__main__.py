@@ -250,6 +250,9 @@ class Bench:
     def measure_scaling(self, model: BenchModel, files: list[Path]) -> list[dict[str, Any]]:
         base = files[: self.plan.scaling_base]
         results = []
+        # Untimed: the workers may have been replaced since the model's own warm-up.
+        warm = link_set(base, self.workdir / "sets" / "scaling-warmup")
+        self.run_method(model, M.RESCORE, warm, self.workdir / "out" / "scaling" / "warmup", None)
         for multiplier in self.plan.scaling_multipliers:
             folder = link_set(base, self.workdir / "sets" / f"scaling-{multiplier}x", copies=multiplier)
             out = self.workdir / "out" / "scaling" / f"{multiplier}x"
