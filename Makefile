@@ -18,7 +18,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test lint typecheck unit bench lock clean-home help airflow cluster-up cluster-down
+.PHONY: install demo test lint typecheck unit bench lock clean-home help airflow cluster-up cluster-down publish
 
 help:
 	@echo "make demo   - install (if needed) and run the whole story on the embedded defaults"
@@ -43,6 +43,10 @@ demo: install
 airflow: install
 	include/airflow_local.sh
 
+# Train the example models (PyTorch CNN, Keras MobileNetV2) on generated shapes and publish them.
+publish: install
+	$(BIN)/python -m include.publish train --framework all
+
 # A standalone Spark cluster on 127.0.0.1 (master :7077, two 1-core workers), logs under $RESCORE_HOME/cluster.
 cluster-up: install
 	include/cluster.sh up
@@ -57,7 +61,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The browser UI test needs Debian's Chromium (make ui-deps, as root); without it that test skips, saying so.
 test: lint typecheck
+	@test -x /usr/bin/chromium || $(MAKE) --no-print-directory ui-deps || echo "Chromium not installed: the browser UI test will be skipped"
 	$(BIN)/pytest
 
 unit: install
@@ -93,4 +99,4 @@ ui-deps:
 
 # The Airflow UI in headless Chromium: log in, trigger image_scoring, read the score log; screenshots to docs/screenshots/.
 ui-test: install ui-deps
-	$(BIN)/pytest tests/integration/test_airflow_ui.py -m integration -q
+	RESCORE_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(BIN)/pytest tests/integration/test_airflow_ui.py -m integration -q

@@ -8,6 +8,10 @@ and **promotes** them: readers switch in one atomic step. A failing gate fails t
 the old version current; that champion is not re-tried until a new version is published or
 the run is triggered with `retry_failed`.
 
+`from_date` / `to_date` limit re-scoring and validation to images ingested in that range (for a
+quick look at a new version on recent data); the promoted version then serves only those images,
+so leave both empty for a full re-score before a real switch-over.
+
 Making an older, already scored version champion (a rollback) promotes it without recomputing:
 re-scoring only scores images that have no prediction from that version.
 
@@ -55,6 +59,18 @@ NEW_VERSION = "{{ ti.xcom_pull(task_ids='wait_for_new_champion') }}"
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="Images per model batch."),
         "keep_versions": Param(3, type="integer", minimum=1, description="Versions of predictions to keep."),
         "retry_failed": Param(False, type="boolean", description="Re-score a champion that failed validation."),
+        "from_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Only re-score and validate images ingested on or after this day (YYYY-MM-DD).",
+        ),
+        "to_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Only re-score and validate images ingested on or before this day (YYYY-MM-DD).",
+        ),
         **validation_params(),
     },
 )
@@ -79,12 +95,16 @@ def model_rescore() -> None:
         model_name="{{ params.model_name }}",
         model_version=NEW_VERSION,
         batch_size="{{ params.batch_size }}",
+        from_date="{{ params.from_date }}",
+        to_date="{{ params.to_date }}",
     )
     validate = ValidatePredictionsOperator(
         task_id="validate",
         model_name="{{ params.model_name }}",
         model_version=NEW_VERSION,
         thresholds=validation_thresholds_from_params(),
+        from_date="{{ params.from_date }}",
+        to_date="{{ params.to_date }}",
     )
     promote = PromotePredictionsOperator(
         task_id="promote",

@@ -23,5 +23,6 @@ airflow api-server --host 127.0.0.1 --port "$port" --workers 1 > "$AIRFLOW_HOME/
 airflow scheduler --skip-serve-logs > "$AIRFLOW_HOME/scheduler.log" 2>&1 & pids+=($!)
 airflow dag-processor > "$AIRFLOW_HOME/dag-processor.log" 2>&1 & pids+=($!)
 airflow triggerer --skip-serve-logs > "$AIRFLOW_HOME/triggerer.log" 2>&1 & pids+=($!)
-echo "Airflow UI: http://127.0.0.1:$port (admin / ${RESCORE_AIRFLOW_ADMIN_PASSWORD:+your password}${RESCORE_AIRFLOW_ADMIN_PASSWORD:-admin}); logs in $AIRFLOW_HOME/*.log; Ctrl-C stops"
+if [ -n "${RESCORE_AIRFLOW_ADMIN_PASSWORD:-}" ]; then login="admin / the password in RESCORE_AIRFLOW_ADMIN_PASSWORD"; else login="admin / admin, a demo password"; fi
+echo "Airflow UI: http://127.0.0.1:$port ($login); logs in $AIRFLOW_HOME/*.log; Ctrl-C stops"
 wait -n "${pids[@]}"

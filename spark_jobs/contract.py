@@ -54,7 +54,7 @@ class RescorePaths:
 
     @property
     def images(self) -> str:
-        """One row per accepted file (``spark_jobs.ingest.IMAGES_SCHEMA``)."""
+        """One row per distinct image, ``image_id`` unique (``spark_jobs.ingest.IMAGES_SCHEMA``)."""
         return _join(self.warehouse, "images")
 
     @property

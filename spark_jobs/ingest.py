@@ -71,6 +71,7 @@ BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, cont
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
 DEFAULT_MAX_FILES_PER_BATCH = 10_000
+SMALL_FILE_OPEN_COST = 64 * 1024
 #: Spark's file source forgets files whose modification time is older than the newest seen minus this
 #: age; a generous default keeps files copied with an old timestamp (``cp -p``) from being skipped.
 DEFAULT_MAX_FILE_AGE = "3650d"
@@ -579,6 +580,8 @@ def ingest_landing(
     # Each micro-batch lists its files as separate paths; Spark's default turns that into one
     # listing task per file (thousands of tasks). A few tasks do the same work.
     spark.conf.set("spark.sql.sources.parallelPartitionDiscovery.parallelism", str(_listing_tasks(spark)))
+    # Images are small: Spark's 4 MB per-file open cost would split 2,000 files into ~60 tiny tasks.
+    spark.conf.set("spark.sql.files.openCostInBytes", str(SMALL_FILE_OPEN_COST))
     reader = (
         spark.readStream.format("binaryFile")
         .schema(BINARY_FILE_SCHEMA)

@@ -140,6 +140,11 @@ class Manifest:
             raise ModelStoreError(
                 f"manifest of {self.name!r} names framework {self.framework!r}: use one of {FRAMEWORKS}"
             )
+        if not _NAME_RE.match(self.weights):
+            raise ModelStoreError(
+                f"weights {self.weights!r} of {self.name!r} must be a plain file name inside the version "
+                "folder (letters, digits, '_', '-', '.'; no '/' or '..'), e.g. 'model.safetensors'"
+            )
         if not self.weights.endswith(SAFE_WEIGHT_SUFFIXES[self.framework]):
             raise ModelStoreError(
                 f"weights file {self.weights!r} of {self.name!r} would need unpickling or is unknown: "
@@ -203,7 +208,17 @@ class ModelStore:
         self.root = Path(root)
 
     def _model_dir(self, name: str) -> Path:
+        if not _NAME_RE.match(name):
+            raise ModelStoreError(f"model name {name!r} is not a plain folder name: use letters, digits, '_', '-', '.'")
         return self.root / name
+
+    def _inside(self, path: Path) -> Path:
+        """``path`` if it resolves (symlinks followed) to a place inside the store, else an error."""
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise ModelStoreError(
+                f"{path} points outside the model store {self.root}: copy the file into the version folder"
+            )
+        return path
 
     def versions(self, name: str) -> list[str]:
         """Published versions of ``name``, oldest first (numeric order)."""
@@ -249,7 +264,9 @@ class ModelStore:
         return version
 
     def manifest(self, name: str, version: str) -> Manifest:
-        path = self._model_dir(name) / version / MANIFEST_FILE
+        if not str(version).isdigit():
+            raise ModelStoreError(f"version {version!r} of {name!r} is not a version number: versions are 1, 2, 3, ...")
+        path = self._inside(self._model_dir(name) / version / MANIFEST_FILE)
         if not path.exists():
             raise ModelStoreError(f"{path} is missing: is {name} version {version} published?")
         return Manifest.from_dict(json.loads(path.read_text()))
@@ -258,7 +275,7 @@ class ModelStore:
         """Read a version's manifest and weights bytes (the driver does this once, then broadcasts)."""
         resolved = self.resolve(name, version)
         manifest = self.manifest(name, resolved)
-        weights = (self._model_dir(name) / resolved / manifest.weights).read_bytes()
+        weights = self._inside(self._model_dir(name) / resolved / manifest.weights).read_bytes()
         return ModelVersion(manifest=manifest, weights=weights)
 
     def publish(

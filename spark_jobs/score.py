@@ -319,7 +319,7 @@ def _prefetched(items: Iterator[DecodedBatch], depth: int) -> Iterator[DecodedBa
             yield item
     finally:
         stop.set()
-        worker.join()
+        worker.join(timeout=30)  # it stops at its next put; a daemon, so a stuck read never blocks exit
 
 
 def score_partition(

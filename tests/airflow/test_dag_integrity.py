@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -15,7 +16,6 @@ pytestmark = pytest.mark.airflow
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 HEAVY = ("torch", "tensorflow", "keras", "pyspark", "pandas", "mlflow")
-PARSE_BUDGET_S = 2.0
 
 
 def test_there_are_dag_files() -> None:
@@ -44,23 +44,48 @@ def test_every_dag_has_tags_retries_and_docs(dagbag) -> None:  # type: ignore[no
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
-def test_dag_file_parses_fast_and_imports_no_heavy_module(dag_file: Path) -> None:
+def test_dag_file_imports_no_heavy_module_at_parse_time(dag_file: Path) -> None:
     # Given a fresh interpreter that has imported Airflow (as the dag-processor has)
     probe = f"""
-import importlib.util, json, sys, time
+import importlib.util, json, sys
 import airflow.sdk
 spec = importlib.util.spec_from_file_location("dag_under_test", {str(dag_file)!r})
 module = importlib.util.module_from_spec(spec)
-started = time.perf_counter()
 spec.loader.exec_module(module)
-elapsed = time.perf_counter() - started
-print(json.dumps({{"seconds": elapsed, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+print(json.dumps({{"heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
 """
     # When the DAG file is executed
     out = subprocess.run(
         [sys.executable, "-c", probe], check=True, capture_output=True, text=True, env=os.environ.copy(), timeout=120
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    # Then it pulled in no heavy module and parsed within the budget
+    # Then it pulled in no heavy module (parse time is what the dag-processor pays every 30 s)
     assert result["heavy"] == [], f"{dag_file.name} imports {result['heavy']} at parse time"
-    assert result["seconds"] < PARSE_BUDGET_S, f"{dag_file.name} took {result['seconds']:.2f}s to parse"
+
+
+def test_model_rescore_date_range_reaches_rescore_and_validate(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["model_rescore"]
+    context = {"params": {"from_date": "2026-11-01", "to_date": "2026-11-07", "model_name": "shapes"}}
+    for task_id in ("rescore", "validate"):
+        task = copy.copy(dag.get_task(task_id))  # the dagbag is shared by the module
+        args = []
+        for name in ("from_date", "to_date"):
+            args.append(task.render_template(getattr(task, name), context))
+        assert args == ["2026-11-01", "2026-11-07"], task_id
+        task.from_date, task.to_date = args
+        task.model_name, task.model_version = "shapes", "2"
+        command = task.job_arguments()
+        assert command[command.index("--from-date") + 1] == "2026-11-01"
+        assert command[command.index("--to-date") + 1] == "2026-11-07"
+
+
+def test_model_rescore_without_a_date_range_scores_everything(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["model_rescore"]
+    context = {"params": {"from_date": None, "to_date": None}}
+    for task_id in ("rescore", "validate"):
+        task = copy.copy(dag.get_task(task_id))  # the dagbag is shared by the module
+        task.from_date = task.render_template(task.from_date, context)
+        task.to_date = task.render_template(task.to_date, context)
+        task.model_name, task.model_version = "shapes", "2"
+        command = task.job_arguments()
+        assert "--from-date" not in command and "--to-date" not in command, command

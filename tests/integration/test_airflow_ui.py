@@ -5,7 +5,8 @@ api-server, scheduler, dag-processor, triggerer on SQLite, 127.0.0.1 only) on a 
 temporary AIRFLOW_HOME and RESCORE_HOME holding sample images and a published champion model.
 Then, as a user would: log in, find both DAGs, trigger ``image_scoring`` with a changed
 ``batch_size`` from the trigger form, wait for the run to succeed, open the ``score`` task's log
-and find the job's summary line. Screenshots go to ``docs/screenshots/``.
+and find the job's summary line. Screenshots go to ``$RESCORE_SCREENSHOTS_DIR`` (``make ui-test``:
+``docs/screenshots/``).
 
 Chromium comes from Debian (``make ui-deps``); Playwright never downloads a browser here.
 The scheduler's own schedule is switched off (``use_job_schedule``) so the only run is the one
@@ -23,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,7 +39,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# `make ui-test` refreshes the README's screenshots; other runs keep them out of the checkout.
+SCREENSHOTS = Path(os.environ.get("RESCORE_SCREENSHOTS_DIR") or tempfile.mkdtemp(prefix="rescore-screenshots-"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ADMIN = "admin"
 CHANGED_BATCH_SIZE = 32  # the DAG's default is 64
@@ -137,10 +140,15 @@ def wait_until_ready(airflow: EmbeddedAirflow, proc: subprocess.Popen[bytes]) ->
             unhealthy = [name for name, part in health.items() if part.get("status") != "healthy"]
             errors = airflow.api("/api/v2/importErrors")["import_errors"]
             if errors:
-                pytest.fail(
-                    "the DAGs do not import in the embedded Airflow:\n"
-                    + "\n".join(f"{e['filename']}:\n{e['stack_trace']}" for e in errors)
+                traces = "\n".join(f"{e['filename']}:\n{e['stack_trace']}" for e in errors)
+                hint = (
+                    "\nAirflow imports every .py file under the plugins folder as a top-level module, so "
+                    "plugins/rescore_airflow/packaging.py shadows the 'packaging' library: list rescore_airflow "
+                    "in plugins/.airflowignore (it is a package on PYTHONPATH, not an Airflow plugin)."
+                    if "'packaging' is not a package" in traces
+                    else ""
                 )
+                pytest.fail(f"the DAGs do not import in the embedded Airflow:\n{traces}{hint}")
             dag_ids = {dag["dag_id"] for dag in airflow.api("/api/v2/dags")["dags"]}
             if not unhealthy and {"image_scoring", "model_rescore"} <= dag_ids:
                 return

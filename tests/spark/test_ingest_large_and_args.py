@@ -6,7 +6,7 @@ import hashlib
 import io
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -34,14 +34,17 @@ class _BrightnessPredictor:
         self.manifest = Manifest(
             name="brightness", framework="pytorch", architecture="small_cnn", input_size=8, labels=["dark", "light"]
         )
-        self.batches: list[np.ndarray] = []
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         import numpy as np
 
-        self.batches.append(batch)
         light = (batch.mean(axis=(1, 2, 3)) > 0).astype(np.float32)
         return np.stack([1 - light, light], axis=1)
+
+    def forward(self, batch: np.ndarray) -> Any:
+        from spark_jobs.models import BatchOutput
+
+        return BatchOutput(self.predict(batch), None)
 
 
 def test_a_file_above_max_file_bytes_is_stored_by_path_and_scored_from_it(
@@ -51,7 +54,7 @@ def test_a_file_above_max_file_bytes_is_stored_by_path_and_scored_from_it(
 
     from spark_jobs.contract import RescorePaths
     from spark_jobs.ingest import ingest_landing
-    from spark_jobs.score import predict_frame, select_unscored
+    from spark_jobs.score import decode_batch, predict_batch, select_unscored
 
     # Given a white image of a few hundred bytes and a limit of 100 bytes, beside a small file
     landing = rescore_home / "landing"
@@ -84,11 +87,10 @@ def test_a_file_above_max_file_bytes_is_stored_by_path_and_scored_from_it(
     todo = select_unscored(spark.read.parquet(paths.images), None, model_name="brightness", model_version="1")
     todo_rows = sorted(todo.collect(), key=lambda r: r.path)
     predictor = _BrightnessPredictor()
-    result = predict_frame(
-        predictor,  # type: ignore[arg-type]
-        pd.Series([r.content for r in todo_rows]),
-        pd.Series([r.path for r in todo_rows]),
+    decoded = decode_batch(
+        predictor.manifest, pd.Series([r.content for r in todo_rows]), pd.Series([r.path for r in todo_rows])
     )
+    result = predict_batch(predictor, decoded, top_k=1)  # type: ignore[arg-type]
     assert result["error"].isna().all(), result["error"].tolist()
     assert result["label"].tolist() == ["light", "dark"]  # "big white.png" sorts before "tiny.png"
 

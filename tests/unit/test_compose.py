@@ -239,16 +239,55 @@ def test_gpu_worker_reserves_nvidia_gpus_and_discovers_them() -> None:
     assert gpu["build"]["args"]["TORCH_SPEC"].startswith("torch==")
 
 
-def test_every_build_target_exists_in_the_dockerfile_and_installs_the_lock() -> None:
-    dockerfile = (ROOT / "docker/Dockerfile").read_text()
-    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.MULTILINE))
+def dockerfile_stages() -> dict[str, list[Any]]:
+    """docker/Dockerfile through BuildKit's parser (the ``dockerfile`` package): instructions per stage."""
+    parser = pytest.importorskip("dockerfile", reason="the dockerfile package (requirements.lock) is not installed")
+    stages: dict[str, list[Any]] = {"": []}
+    current = ""
+    for instruction in parser.parse_file(str(ROOT / "docker" / "Dockerfile")):
+        if instruction.cmd == "FROM":
+            assert len(instruction.value) == 3 and instruction.value[1].upper() == "AS", instruction.original
+            current = instruction.value[2]
+            stages[current] = []
+        stages[current].append(instruction)
+    return stages
+
+
+def test_dockerfile_has_every_target_compose_builds_and_passes_its_args() -> None:
+    stages = dockerfile_stages()
+    declared = {i.value[0].split("=")[0] for stage in stages.values() for i in stage if i.cmd == "ARG"}
     for name, service in services().items():
         build = service.get("build")
         if build:
             assert build["dockerfile"] == "docker/Dockerfile", name
-            assert build["target"] in stages, f"{name} builds target {build['target']!r}, not in {stages}"
-    assert "-r /tmp/image.lock" in dockerfile and "COPY requirements.lock" in dockerfile
-    assert "openjdk-17-jre-headless" in dockerfile
+            assert build["target"] in stages, f"{name} builds target {build['target']!r}, not in {sorted(stages)}"
+            assert set(build.get("args", {})) <= declared, f"{name} passes build args the Dockerfile does not declare"
+
+
+def test_dockerfile_builds_every_image_from_the_lock_on_a_pinned_base() -> None:
+    stages = dockerfile_stages()
+    defaults = dict(i.value[0].split("=", 1) for i in stages[""] if i.cmd == "ARG")
+    base = defaults["PYTHON_IMAGE"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), f"base image {base!r} is not pinned to a patch release"
+    assert stages["runtime"][0].value[0] == "${PYTHON_IMAGE}"
+    for target in ("airflow", "spark", "mlflow"):
+        assert stages[target][0].value[0] == "runtime", f"{target} does not build on the runtime stage"
+        users = [i.value[0] for i in stages[target] if i.cmd == "USER"]
+        assert users == ["rescore"], f"{target} must run as the shared non-root user, not {users}"
+    runtime = " ".join(" ".join(i.value) for i in stages["runtime"] if i.cmd == "RUN")
+    assert "openjdk-17-jre-headless" in runtime
+    assert "--no-deps" in runtime and "-r /tmp/image.lock" in runtime and "pip check" in runtime
+    copies = [i.value for i in stages["runtime"] if i.cmd == "COPY"]
+    assert ("requirements.lock", "/tmp/requirements.lock") in copies
+    for *sources, _target in copies:
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    # The Spark stage finds Spark inside the pinned pyspark wheel, at the Python of the base image.
+    spark_env = " ".join(" ".join(i.value) for i in stages["spark"] if i.cmd == "ENV")
+    assert "/opt/venv/lib/python3.11/site-packages/pyspark" in spark_env
+    import pyspark
+
+    assert (Path(pyspark.__file__).parent / "bin" / "spark-class").is_file()
 
 
 def test_parser_binary_is_the_pinned_compose_v2() -> None:

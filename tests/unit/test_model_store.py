@@ -60,3 +60,29 @@ def test_manifest_validates_itself() -> None:
         _manifest(labels=["a", "a"])
     with pytest.raises(ModelStoreError, match="unknown keys"):
         Manifest.from_dict({**_manifest().to_dict(), "colour": "red"})
+
+
+@pytest.mark.parametrize("weights", ["../../escape.safetensors", "sub/model.safetensors", "/etc/model.safetensors"])
+def test_manifest_paths_cannot_leave_the_version_folder(weights: str) -> None:
+    with pytest.raises(ModelStoreError, match="plain file name inside the version folder"):
+        _manifest(weights=weights)
+
+
+def test_names_versions_and_symlinks_cannot_leave_the_store(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    outside = tmp_path / "secret.safetensors"
+    outside.write_bytes(b"not yours")
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"w")
+    assert store.publish(_manifest(), weights) == "1"
+
+    with pytest.raises(ModelStoreError, match="not a plain folder name"):
+        store.manifest("../store/shapes", "1")
+    with pytest.raises(ModelStoreError, match="not a version number"):
+        store.manifest("shapes", "../1")
+    # a weights file replaced by a symlink to a file outside the store is not read
+    linked = store.root / "shapes" / "1" / "model.safetensors"
+    linked.unlink()
+    linked.symlink_to(outside)
+    with pytest.raises(ModelStoreError, match="points outside the model store"):
+        store.read("shapes", "1")
