@@ -79,6 +79,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="where results go")
     parser.add_argument("--note", default="", help="a line recorded with the results (e.g. 'machine shared')")
     parser.add_argument("--models", default="", help="comma-separated model keys to measure (default: all)")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="only re-render README.md and the plot from this results.json (no measurement)",
+    )
     parser.add_argument("--skip-scaling", action="store_true", help="skip the scaling and memory runs")
     args = parser.parse_args(argv)
     if args.cores < 1 or args.batch_size < 1:
@@ -244,6 +250,9 @@ class Bench:
     def measure_scaling(self, model: BenchModel, files: list[Path]) -> list[dict[str, Any]]:
         base = files[: self.plan.scaling_base]
         results = []
+        # Untimed: the workers may have been replaced since the model's own warm-up.
+        warm = link_set(base, self.workdir / "sets" / "scaling-warmup")
+        self.run_method(model, M.RESCORE, warm, self.workdir / "out" / "scaling" / "warmup", None)
         for multiplier in self.plan.scaling_multipliers:
             folder = link_set(base, self.workdir / "sets" / f"scaling-{multiplier}x", copies=multiplier)
             out = self.workdir / "out" / "scaling" / f"{multiplier}x"
@@ -300,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("py4j", "mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
+    if args.render is not None:
+        import json
+
+        write_report(json.loads(args.render.read_text()), args.out)
+        log.info("re-rendered %s from %s", args.out, args.render)
+        return 0
     plan = PLANS["quick" if args.quick else "full"]
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -228,9 +228,10 @@ def read_files(spark: SparkSession, folder: Path, partitions: int) -> DataFrame:
 
 
 def run_rescore(ctx: BenchContext, model_key: str, images: DataFrame, out: Path) -> None:
-    from spark_jobs.score import score_images
+    from spark_jobs.score import ScoringOptions, score_images
 
-    score_images(images, ctx.payloads[model_key], run_id="bench").write.mode("overwrite").partitionBy(
+    options = ScoringOptions(batch_size=ctx.batch_size)
+    score_images(images, ctx.payloads[model_key], run_id="bench", options=options).write.mode("overwrite").partitionBy(
         "model_name", "model_version"
     ).parquet(str(out))
 

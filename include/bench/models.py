@@ -149,6 +149,9 @@ def log_to_mlflow(version: ModelVersion, registry: Path) -> str:
     key = f"{version.manifest.name}/{version.manifest.version}"
     if key in known:
         return str(known[key])
+    # Artifacts under the registry folder too (the default would be ./mlruns in the working directory).
+    if mlflow.get_experiment_by_name("rescore-bench") is None:
+        mlflow.create_experiment("rescore-bench", artifact_location=(registry / "artifacts").as_uri())
     mlflow.set_experiment("rescore-bench")
     with tempfile.TemporaryDirectory() as tmp:
         manifest_file = Path(tmp) / "manifest.json"

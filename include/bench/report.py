@@ -311,6 +311,18 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
                 f"| {m['model']} | {m['partition_images']} | {m['peak_worker_mb']:.0f} | {m['peak_total_mb']:.0f} "
                 f"| {m['samples']} |"
             )
+    lines += [
+        "",
+        "## Reading these numbers",
+        "",
+        "- Spark's fixed cost per job (planning, task launch, Parquet commit; see `spark_io_floor`) weighs "
+        "heavily when a run lasts a few seconds, as in quick mode; the scaling table shows Rescore at larger "
+        "counts, and the full run uses more images.",
+        "- ResNet-18 and MobileNetV2 carry random weights (no downloads): their probabilities are close to "
+        "uniform, so for them the agreement check rests on the probability tolerance more than on the argmax.",
+        "- On a machine shared with other work, compare methods within one run (they are interleaved), "
+        "not across runs.",
+    ]
     lines += ["", "Reproduce: `make bench` (full, ~45 min on 2 cores) or `make bench QUICK=1` (< 5 min).", ""]
     return "\n".join(lines)
 
