@@ -491,6 +491,35 @@ def replace_partition(
     return partition
 
 
+def append_predictions(spark: SparkSession, table: str, fresh: DataFrame, *, model_name: str, version: str) -> str:
+    """Add ``fresh`` to one version's partition of ``table`` so that a killed job leaves nothing.
+
+    The rows are written completely under a hidden, run-unique staging folder (readers skip
+    names starting with ``_``), then each finished file is renamed into the partition. A job
+    killed while writing leaves only its staging folder behind, never files that a retry would
+    duplicate (Spark's own commit protocol shares ``_temporary/0`` between jobs on one path and
+    would merge a killed job's committed tasks into the next job's output). A job killed between
+    two renames leaves some complete files visible; their images have predictions, so the retry
+    scores only the others. Returns the partition's path.
+    """
+    partition = f"{table}/model_name={model_name}/model_version={version}"
+    staging = f"{table}/_staging-{uuid.uuid4().hex[:12]}"
+    conform_predictions(fresh.drop("model_name", "model_version")).write.mode("overwrite").parquet(staging)
+    fs, partition_path = _hadoop_fs(spark, partition)
+    _, staging_path = _hadoop_fs(spark, staging)
+    fs.mkdirs(partition_path)
+    for status in fs.listStatus(staging_path):
+        source = status.getPath()
+        name = str(source.getName())
+        if name.startswith(("_", ".")) or not status.isFile():
+            continue
+        target = partition_path.suffix(f"/{name}")
+        if not fs.rename(source, target):
+            raise JobError(f"could not move {source} into {partition}: check permissions on {table}")
+    fs.delete(staging_path, True)
+    return partition
+
+
 def _date(value: str) -> date:
     try:
         return date.fromisoformat(value)
@@ -599,8 +628,7 @@ def _main(argv: list[str] | None) -> int:
             spark, paths.predictions, predictions, model_name=args.model_name, version=version, rescored=todo
         )
     else:
-        predictions.write.mode("append").partitionBy("model_name", "model_version").parquet(paths.predictions)
-        where = paths.predictions
+        where = append_predictions(spark, paths.predictions, predictions, model_name=args.model_name, version=version)
     elapsed = time.perf_counter() - started
     log.info(
         "scored %d images in %.1f s (%.1f images/s) into %s", pending, elapsed, pending / max(elapsed, 1e-9), where

@@ -50,10 +50,18 @@ def path_exists(spark: SparkSession, path: str) -> bool:
 
 
 def read_table(spark: SparkSession, path: str) -> DataFrame | None:
-    """A Parquet table, or None when nothing has been written there yet."""
+    """A Parquet table, or None when no data file has been written there yet."""
+    from pyspark.errors import AnalysisException
+
     if not path_exists(spark, path):
         return None
-    return spark.read.parquet(path)
+    try:
+        return spark.read.parquet(path)
+    except AnalysisException as exc:
+        # a folder holding only hidden leftovers (_staging-*, _temporary of a killed job)
+        if "UNABLE_TO_INFER_SCHEMA" in str(exc):
+            return None
+        raise
 
 
 def setup_logging() -> None:

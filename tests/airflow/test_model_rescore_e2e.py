@@ -104,3 +104,48 @@ def test_new_champion_is_rescored_validated_and_promoted_then_rolled_back(
     assert rollback.state == "success"
     assert current_version(paths, "shapes") == "1"
     assert sorted(map(str, _version_rows(paths, "1"))) == sorted(map(str, v1_rows))
+
+
+def _permuted_weights(trained_model_dir: Path, out: Path, labels: int) -> Path:
+    """The same network with its output rows rolled by one: every label becomes the next one."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(trained_model_dir / "model.safetensors"))
+    last = [k for k in tensors if k.startswith("classifier") and tensors[k].shape[0] == labels][-2:]
+    assert len(last) == 2, f"no output layer of {labels} rows among {list(tensors)}"
+    for key in last:
+        tensors[key] = tensors[key].roll(1, dims=0).contiguous()
+    save_file(tensors, str(out))
+    return out
+
+
+def test_a_champion_that_fails_validation_is_not_promoted_and_the_run_fails(
+    rescore_home: Path, airflow_db: Path, trained_model_dir: Path, tmp_path: Path
+) -> None:
+    paths = RescorePaths(str(rescore_home))
+    store = ModelStore(paths.models)
+    manifest = Manifest.from_dict(json.loads((trained_model_dir / "manifest.json").read_text()))
+    generate(paths, count=40, seed=12)
+    store.publish(manifest, trained_model_dir / "model.safetensors")
+    assert _run("image_scoring").state == "success"
+    assert current_version(paths, "shapes") == "1"
+
+    # Given a v2 that disagrees with v1 on (almost) every image
+    broken = _permuted_weights(trained_model_dir, tmp_path / "broken.safetensors", len(manifest.labels))
+    assert store.publish(manifest, broken) == "2"
+
+    # When the re-scoring DAG runs
+    run = _run("model_rescore")
+
+    # Then the run failed at validation, readers still get v1, and the report says why
+    assert run.state == "failed"
+    assert current_version(paths, "shapes") == "1"
+    table = current_predictions_table(paths.home, "shapes")
+    assert set(table.column("model_version").to_pylist()) == {"1"}
+    reports = sorted((Path(paths.reports) / "shapes" / "2").glob("*.json"))
+    assert reports, "validation wrote no report"
+    report = json.loads(reports[-1].read_text())
+    assert report["passed"] is False
+    assert any("label_change" in gate for gate in report["failed_gates"]), report["failed_gates"]
+    # and the sensor does not fire again for the failed champion
+    assert pending_champion(FolderRegistry(paths.models), paths, "shapes") is None
