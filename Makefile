@@ -18,7 +18,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test lint typecheck unit bench lock clean-home help airflow cluster-up cluster-down publish
+.PHONY: install demo test lint typecheck unit bench lock clean-home help airflow cluster-up cluster-down publish reliability
 
 help:
 	@echo "make demo   - install (if needed) and run the whole story on the embedded defaults"
@@ -43,6 +43,11 @@ demo: install
 airflow: install
 	include/airflow_local.sh
 
+# Run the fault tests and regenerate docs/reliability.md from their docstrings and results
+# (RELIABILITY_JUNIT=var/test-results.xml takes the results of the last make test instead).
+reliability: install
+	$(BIN)/python -m include.reliability_report $(if $(RELIABILITY_JUNIT),--junit $(RELIABILITY_JUNIT))
+
 # Train the example models (PyTorch CNN, Keras MobileNetV2) on generated shapes and publish them.
 publish: install
 	$(BIN)/python -m include.publish train --framework all
@@ -64,7 +69,7 @@ typecheck: install
 # The browser UI test needs Debian's Chromium (make ui-deps, as root); without it that test skips, saying so.
 test: lint typecheck
 	@test -x /usr/bin/chromium || $(MAKE) --no-print-directory ui-deps || echo "Chromium not installed: the browser UI test will be skipped"
-	$(BIN)/pytest
+	$(BIN)/pytest --junitxml=var/test-results.xml
 
 unit: install
 	$(BIN)/pytest -m "unit"

@@ -50,6 +50,18 @@ from rescore_airflow.settings import default_model_name
             None, type=["null", "string"], description="Version to score with; empty: the promoted one, else champion."
         ),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="Images per model batch."),
+        "max_pixels": Param(
+            89_478_485,
+            type="integer",
+            minimum=1,
+            description="Images with more pixels are rejected as decompression bombs (Pillow's default limit).",
+        ),
+        "max_file_bytes": Param(
+            100 * 1024 * 1024,
+            type="integer",
+            minimum=1,
+            description="Larger files are stored by path only; scoring reads them from there.",
+        ),
         **validation_params(),
     },
 )
@@ -61,7 +73,9 @@ def image_scoring() -> None:
         return resolve_scoring_version(params["model_name"], params["model_version"])
 
     version = resolve_model_version()
-    ingest = IngestImagesOperator(task_id="ingest")
+    ingest = IngestImagesOperator(
+        task_id="ingest", max_pixels="{{ params.max_pixels }}", max_file_bytes="{{ params.max_file_bytes }}"
+    )
     score = ScoreImagesOperator(
         task_id="score",
         model_name="{{ params.model_name }}",

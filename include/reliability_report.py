@@ -86,6 +86,11 @@ def run(faults: list[FaultTest], junit: Path) -> dict[str, tuple[str, float]]:
         cwd=ROOT,
         check=False,
     )
+    return read_junit(junit)
+
+
+def read_junit(junit: Path) -> dict[str, tuple[str, float]]:
+    """Results of a pytest ``--junitxml`` file: node id -> (result, seconds)."""
     results: dict[str, tuple[str, float]] = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         module = case.get("classname", "").replace(".", "/") + ".py"
@@ -125,13 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
     parser.add_argument("--no-run", action="store_true", help="only list the faults (results: not run)")
+    parser.add_argument(
+        "--junit", type=Path, default=None, help="take the results from this pytest --junitxml file instead of running"
+    )
     args = parser.parse_args(argv)
     faults = collect()
     if not faults:
         print(f"no fault tests found under {TESTS}", file=sys.stderr)
         return 1
     results: dict[str, tuple[str, float]] = {}
-    if not args.no_run:
+    if args.junit is not None:
+        results = read_junit(args.junit)
+    elif not args.no_run:
         junit = args.out.parent / ".reliability-junit.xml"
         args.out.parent.mkdir(parents=True, exist_ok=True)
         results = run(faults, junit)

@@ -113,6 +113,8 @@ class IngestImagesOperator(RescoreSparkSubmitOperator):
         "landing",
         "path_glob",
         "modified_after",
+        "max_pixels",
+        "max_file_bytes",
     )
 
     def __init__(
@@ -123,8 +125,8 @@ class IngestImagesOperator(RescoreSparkSubmitOperator):
         table_name: str | None = None,
         path_column: str | None = None,
         checkpoint: str | None = None,
-        max_pixels: int | None = None,
-        max_file_bytes: int | None = None,
+        max_pixels: int | str | None = None,
+        max_file_bytes: int | str | None = None,
         path_glob: str | None = None,
         recursive: bool = True,
         modified_after: str | None = None,
@@ -156,9 +158,9 @@ class IngestImagesOperator(RescoreSparkSubmitOperator):
             args += ["--path-column", self.path_column]
         if self.checkpoint:
             args += ["--checkpoint", self.checkpoint]
-        if self.max_pixels is not None:
+        if _given(self.max_pixels):
             args += ["--max-pixels", str(self.max_pixels)]
-        if self.max_file_bytes is not None:
+        if _given(self.max_file_bytes):
             args += ["--max-file-bytes", str(self.max_file_bytes)]
         if self.path_glob:
             args += ["--path-glob", self.path_glob]
