@@ -20,10 +20,13 @@ def get_spark(app_name: str, conf: dict[str, str] | None = None) -> SparkSession
     Under spark-submit the master and profile come from the command line; run directly
     (``python -m spark_jobs.score``) it falls back to ``local[*]``.
     """
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
+    # Under spark-submit the master is a JVM system property: a SparkConf created before the JVM
+    # gateway exists is Python-only and would not see it (then every job silently ran local).
+    SparkContext._ensure_initialized()
     spark_conf = SparkConf()
     if not spark_conf.contains("spark.master"):
         builder = builder.master("local[*]")
