@@ -50,6 +50,19 @@ from rescore_airflow.settings import default_model_name
             None, type=["null", "string"], description="Version to score with; empty: the promoted one, else champion."
         ),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="Images per model batch."),
+        "from_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Only score and validate images ingested on or after this day (YYYY-MM-DD).",
+        ),
+        "to_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Only score and validate images ingested on or before this day (YYYY-MM-DD).",
+        ),
+        "force": Param(False, type="boolean", description="Re-score images in range that already have a prediction."),
         "max_pixels": Param(
             89_478_485,
             type="integer",
@@ -81,12 +94,17 @@ def image_scoring() -> None:
         model_name="{{ params.model_name }}",
         model_version="{{ ti.xcom_pull(task_ids='resolve_model_version') }}",
         batch_size="{{ params.batch_size }}",
+        from_date="{{ params.from_date }}",
+        to_date="{{ params.to_date }}",
+        force="{{ params.force }}",
     )
     validate = ValidatePredictionsOperator(
         task_id="validate",
         model_name="{{ params.model_name }}",
         model_version="{{ ti.xcom_pull(task_ids='resolve_model_version') }}",
         thresholds=validation_thresholds_from_params(),
+        from_date="{{ params.from_date }}",
+        to_date="{{ params.to_date }}",
     )
     bootstrap = PromotePredictionsOperator(
         task_id="promote_if_first",

@@ -63,10 +63,13 @@ print(json.dumps({{"heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
     assert result["heavy"] == [], f"{dag_file.name} imports {result['heavy']} at parse time"
 
 
-def test_model_rescore_date_range_reaches_rescore_and_validate(dagbag) -> None:  # type: ignore[no-untyped-def]
-    dag = dagbag.dags["model_rescore"]
-    context = {"params": {"from_date": "2026-11-01", "to_date": "2026-11-07", "model_name": "shapes"}}
-    for task_id in ("rescore", "validate"):
+@pytest.mark.parametrize(
+    ("dag_id", "tasks"), [("model_rescore", ("rescore", "validate")), ("image_scoring", ("score", "validate"))]
+)
+def test_date_range_params_reach_scoring_and_validation(dag_id: str, tasks: tuple[str, str], dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags[dag_id]
+    context = {"params": {"from_date": "2026-11-01", "to_date": "2026-11-07", "model_name": "shapes", "force": False}}
+    for task_id in tasks:
         task = copy.copy(dag.get_task(task_id))  # the dagbag is shared by the module
         args = []
         for name in ("from_date", "to_date"):
@@ -89,3 +92,14 @@ def test_model_rescore_without_a_date_range_scores_everything(dagbag) -> None:  
         task.model_name, task.model_version = "shapes", "2"
         command = task.job_arguments()
         assert "--from-date" not in command and "--to-date" not in command, command
+
+
+def test_image_scoring_force_param_rescores_the_range() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["image_scoring"]
+    task = copy.copy(dag.get_task("score"))
+    for value, expected in ((True, True), (False, False)):
+        task.force = task.render_template(dag.get_task("score").force, {"params": {"force": value}})
+        task.model_name, task.model_version = "shapes", "1"
+        assert ("--force" in task.job_arguments()) is expected
