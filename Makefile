@@ -17,6 +17,8 @@ export AIRFLOW_CONN_SPARK_DEFAULT ?= {"conn_type": "spark", "host": "local[2]"}
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# pytest-xdist workers for make test (whole test files per worker); 0 runs serially in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint typecheck unit bench lock clean-home help airflow cluster-up cluster-down publish reliability
 
@@ -69,7 +71,7 @@ typecheck: install
 # The browser UI test needs Debian's Chromium (make ui-deps, as root); without it that test skips, saying so.
 test: lint typecheck
 	@test -x /usr/bin/chromium || $(MAKE) --no-print-directory ui-deps || echo "Chromium not installed: the browser UI test will be skipped"
-	$(BIN)/pytest --junitxml=var/test-results.xml
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --junitxml=var/test-results.xml
 
 unit: install
 	$(BIN)/pytest -m "unit"
