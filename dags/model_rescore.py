@@ -8,6 +8,10 @@ and **promotes** them: readers switch in one atomic step. A failing gate fails t
 the old version current; that champion is not re-tried until a new version is published or
 the run is triggered with `retry_failed`.
 
+Images that land while a re-score runs are outside its scope (re-scoring and validation share a
+cutoff, the start of the `rescore` task); the hourly `image_scoring` scores them with the
+promoted version once it is switched.
+
 `from_date` / `to_date` limit re-scoring and validation to images ingested in that range (for a
 quick look at a new version on recent data); the promoted version then serves only those images,
 so leave both empty for a full re-score before a real switch-over.
@@ -97,6 +101,7 @@ def model_rescore() -> None:
         batch_size="{{ params.batch_size }}",
         from_date="{{ params.from_date }}",
         to_date="{{ params.to_date }}",
+        cut_off_scope=True,
     )
     validate = ValidatePredictionsOperator(
         task_id="validate",
@@ -105,6 +110,7 @@ def model_rescore() -> None:
         thresholds=validation_thresholds_from_params(),
         from_date="{{ params.from_date }}",
         to_date="{{ params.to_date }}",
+        ingested_before="{{ ti.xcom_pull(task_ids='rescore', key='ingested_before') }}",
     )
     promote = PromotePredictionsOperator(
         task_id="promote",

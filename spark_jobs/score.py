@@ -373,9 +373,12 @@ def select_images(
     from_date: date | None = None,
     to_date: date | None = None,
     force: bool = False,
+    ingested_before: datetime | None = None,
 ) -> DataFrame:
     """Distinct images (by ``image_id``) to score with this model version.
 
+    :param ingested_before: only images whose ``ingested_at`` is earlier (a re-scoring run's
+        cutoff: validation uses the same one, so images landing meanwhile do not fail coverage).
     :param from_date: only images ingested on or after this day (``ingested_at``, session time zone).
     :param to_date: only images ingested on or before this day (inclusive).
     :param force: also images that already have a prediction from this version (re-score them).
@@ -389,6 +392,8 @@ def select_images(
         chosen = chosen.where(F.to_date("ingested_at") >= F.lit(from_date))
     if to_date is not None:
         chosen = chosen.where(F.to_date("ingested_at") <= F.lit(to_date))
+    if ingested_before is not None:
+        chosen = chosen.where(F.col("ingested_at") < F.lit(ingested_before))
     distinct = chosen.select("image_id", "path", "content").dropDuplicates(["image_id"])
     if predictions is None or force:
         return distinct
@@ -520,6 +525,15 @@ def append_predictions(spark: SparkSession, table: str, fresh: DataFrame, *, mod
     return partition
 
 
+def _timestamp(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a timestamp: use ISO 8601, e.g. 2026-11-28T09:00:00+00:00"
+        ) from None
+
+
 def _date(value: str) -> date:
     try:
         return date.fromisoformat(value)
@@ -555,6 +569,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mixed-precision", action="store_true", help="float16 autocast on GPU (PyTorch)")
     parser.add_argument("--from-date", type=_date, default=None, help="only images ingested on/after YYYY-MM-DD")
     parser.add_argument("--to-date", type=_date, default=None, help="only images ingested on/before YYYY-MM-DD")
+    parser.add_argument(
+        "--ingested-before",
+        type=_timestamp,
+        default=None,
+        help="only images ingested before this ISO timestamp (a re-scoring run's cutoff)",
+    )
     parser.add_argument(
         "--force",
         action="store_true",
@@ -601,6 +621,7 @@ def _main(argv: list[str] | None) -> int:
         from_date=args.from_date,
         to_date=args.to_date,
         force=args.force,
+        ingested_before=args.ingested_before,
     )
     scope = f"ingested {args.from_date or 'any time'} .. {args.to_date or 'now'}"
     pending = todo.count()

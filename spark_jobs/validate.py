@@ -55,8 +55,11 @@ VALIDATED_COLUMNS = ("image_id", "label", "score", "probabilities", "error", "mo
 SCORE_BINS = 10
 
 
-def scope_images(images: DataFrame, from_date: date | None, to_date: date | None) -> DataFrame:
-    """Images whose ``ingested_at`` date lies in ``[from_date, to_date]`` (either end open when None)."""
+def scope_images(
+    images: DataFrame, from_date: date | None, to_date: date | None, ingested_before: datetime | None = None
+) -> DataFrame:
+    """Images whose ``ingested_at`` date lies in ``[from_date, to_date]`` (either end open when None),
+    and, with ``ingested_before``, that were ingested before that instant (a re-scoring run's cutoff)."""
     from pyspark.sql import functions as F
 
     day = F.to_date("ingested_at")
@@ -64,6 +67,8 @@ def scope_images(images: DataFrame, from_date: date | None, to_date: date | None
         images = images.where(day >= F.lit(from_date))
     if to_date is not None:
         images = images.where(day <= F.lit(to_date))
+    if ingested_before is not None:
+        images = images.where(F.col("ingested_at") < F.lit(ingested_before))
     return images
 
 
@@ -215,6 +220,7 @@ def validate_predictions(
     from_date: date | None = None,
     to_date: date | None = None,
     run_id: str = "manual",
+    ingested_before: datetime | None = None,
 ) -> dict[str, Any]:
     """The whole report for one model version over the images in scope (without writing it).
 
@@ -224,7 +230,7 @@ def validate_predictions(
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    in_scope = scope_images(images, from_date, to_date).select("image_id").distinct().cache()
+    in_scope = scope_images(images, from_date, to_date, ingested_before).select("image_id").distinct().cache()
     # Only the contract's columns: wider tables (top-k, embeddings) are not cached for nothing.
     of_model = (
         predictions.where(F.col("model_name") == model_name)
@@ -257,6 +263,7 @@ def validate_predictions(
         "scope": {
             "from_date": from_date.isoformat() if from_date else None,
             "to_date": to_date.isoformat() if to_date else None,
+            "ingested_before": ingested_before.isoformat() if ingested_before else None,
             "images": metrics["coverage"]["images_in_scope"],
         },
         **metrics,
@@ -303,6 +310,15 @@ def write_report(report: dict[str, Any], reports_dir: str, run_id: str | None = 
     return json_path, html_path
 
 
+def _iso_timestamp(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a timestamp: use ISO 8601, e.g. 2026-11-28T09:00:00+00:00"
+        ) from exc
+
+
 def _iso_date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -321,6 +337,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run-id", default="manual")
     parser.add_argument("--from-date", type=_iso_date, default=None, help="first ingestion date in scope (inclusive)")
     parser.add_argument("--to-date", type=_iso_date, default=None, help="last ingestion date in scope (inclusive)")
+    parser.add_argument(
+        "--ingested-before",
+        type=_iso_timestamp,
+        default=None,
+        help="only images ingested before this ISO timestamp (the re-scoring run's cutoff)",
+    )
     parser.add_argument(
         "--gates-config",
         default=None,
@@ -375,6 +397,7 @@ def _main(argv: list[str] | None) -> int:
         baseline_version=baseline,
         from_date=args.from_date,
         to_date=args.to_date,
+        ingested_before=args.ingested_before,
         run_id=args.run_id,
     )
     report["thresholds_source"] = thresholds_source

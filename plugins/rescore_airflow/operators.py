@@ -207,6 +207,9 @@ class ScoreImagesOperator(_ModelJobOperator):
     :param to_date: only images ingested on or before this ``YYYY-MM-DD`` day (templated).
     :param force: re-score images that already have a prediction from this version (templated;
         a bool, or a string such as ``"{{ params.force }}"`` rendering to true/false).
+    :param cut_off_scope: take only images ingested before this task starts, and push that
+        instant as XCom ``ingested_before`` so validation checks the same set (images landing
+        during a long re-score are then scored by the next scheduled run, not counted missing).
     """
 
     job = "score"
@@ -231,9 +234,12 @@ class ScoreImagesOperator(_ModelJobOperator):
         from_date: str | None = None,
         to_date: str | None = None,
         force: bool | str = False,
+        cut_off_scope: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.cut_off_scope = cut_off_scope
+        self.ingested_before: str | None = None
         self.batch_size = batch_size
         self.arrow_batch_size = arrow_batch_size
         self.top_k = top_k
@@ -259,7 +265,17 @@ class ScoreImagesOperator(_ModelJobOperator):
                 args += [flag, str(value).strip()]
         if str(self.force).strip().lower() in ("true", "1", "yes"):
             args.append("--force")
+        if self.ingested_before:
+            args += ["--ingested-before", self.ingested_before]
         return args
+
+    def execute(self, context: Context) -> None:
+        if self.cut_off_scope:
+            from datetime import UTC, datetime
+
+            self.ingested_before = datetime.now(UTC).isoformat()
+            context["ti"].xcom_push(key="ingested_before", value=self.ingested_before)
+        super().execute(context)
 
 
 def _given(value: Any) -> bool:
@@ -309,10 +325,18 @@ class ValidatePredictionsOperator(_ModelJobOperator):
         as in ``include/validation/gates.toml``; empty or ``None`` values keep the file's value).
     :param from_date: first ingestion date in scope, ``YYYY-MM-DD``, inclusive (templated).
     :param to_date: last ingestion date in scope, ``YYYY-MM-DD``, inclusive (templated).
+    :param ingested_before: only images ingested before this ISO timestamp (templated): the
+        re-scoring task's cutoff, ``{{ ti.xcom_pull(task_ids='rescore', key='ingested_before') }}``.
     """
 
     job = "validate"
-    template_fields: Sequence[str] = (*_ModelJobOperator.template_fields, "thresholds", "from_date", "to_date")
+    template_fields: Sequence[str] = (
+        *_ModelJobOperator.template_fields,
+        "thresholds",
+        "from_date",
+        "to_date",
+        "ingested_before",
+    )
     operator_extra_links = (ValidationReportLink(),)
 
     def __init__(
@@ -321,6 +345,7 @@ class ValidatePredictionsOperator(_ModelJobOperator):
         thresholds: dict[str, Any] | None = None,
         from_date: str | None = None,
         to_date: str | None = None,
+        ingested_before: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -330,6 +355,7 @@ class ValidatePredictionsOperator(_ModelJobOperator):
         self.thresholds = dict(thresholds or {})
         self.from_date = from_date
         self.to_date = to_date
+        self.ingested_before = ingested_before
 
     def job_arguments(self) -> list[str]:
         args = super().job_arguments()
@@ -337,6 +363,8 @@ class ValidatePredictionsOperator(_ModelJobOperator):
             args += ["--from-date", str(self.from_date)]
         if _given(self.to_date):
             args += ["--to-date", str(self.to_date)]
+        if _given(self.ingested_before):
+            args += ["--ingested-before", str(self.ingested_before)]
         for name in THRESHOLD_NAMES:
             if _given(self.thresholds.get(name)):
                 args += ["--" + name.replace("_", "-"), str(self.thresholds[name])]

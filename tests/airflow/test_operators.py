@@ -220,3 +220,37 @@ def test_templated_fields_are_rendered_into_the_arguments() -> None:
     op.render_template_fields({"params": {"m": "cats"}, "run_id": "scheduled__x"})
     args = op.job_arguments()
     assert args == ["--home", HOME, "--run-id", "scheduled__x", "--model-name", "cats", "--batch-size", "32"]
+
+
+def test_rescore_pushes_its_cutoff_and_validate_passes_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    from rescore_airflow.operators import ScoreImagesOperator, ValidatePredictionsOperator
+
+    submitted: list[list[str]] = []
+    monkeypatch.setattr(SparkSubmitOperator, "execute", lambda self, context: submitted.append(self.application_args))
+    monkeypatch.setattr("rescore_airflow.operators.build_spark_jobs_zip", lambda *a, **k: None)
+
+    class FakeTI:
+        def __init__(self) -> None:
+            self.pushed: dict[str, object] = {}
+
+        def xcom_push(self, key: str, value: object) -> None:
+            self.pushed[key] = value
+
+    ti = FakeTI()
+    rescore = ScoreImagesOperator(task_id="rescore", model_name="shapes", model_version="2", cut_off_scope=True)
+    rescore.execute({"ti": ti})  # type: ignore[arg-type]
+
+    cutoff = ti.pushed["ingested_before"]
+    assert isinstance(cutoff, str)
+    args = submitted[0]
+    assert args[args.index("--ingested-before") + 1] == cutoff
+    validate = ValidatePredictionsOperator(
+        task_id="validate", model_name="shapes", model_version="2", ingested_before=cutoff
+    )
+    command = validate.job_arguments()
+    assert command[command.index("--ingested-before") + 1] == cutoff
+    # and a plain scoring task takes every image
+    plain = ScoreImagesOperator(task_id="score", model_name="shapes", model_version="1")
+    assert "--ingested-before" not in plain.job_arguments()
