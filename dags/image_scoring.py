@@ -29,10 +29,12 @@ from rescore_airflow.operators import (
     PromotePredictionsOperator,
     ScoreImagesOperator,
     ValidatePredictionsOperator,
+    date_range_params,
     validation_params,
     validation_thresholds_from_params,
 )
 from rescore_airflow.settings import default_model_name
+from spark_jobs.ingest import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 
 
 @dag(
@@ -50,27 +52,16 @@ from rescore_airflow.settings import default_model_name
             None, type=["null", "string"], description="Version to score with; empty: the promoted one, else champion."
         ),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="Images per model batch."),
-        "from_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="Only score and validate images ingested on or after this day (YYYY-MM-DD).",
-        ),
-        "to_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="Only score and validate images ingested on or before this day (YYYY-MM-DD).",
-        ),
+        **date_range_params("score and validate"),
         "force": Param(False, type="boolean", description="Re-score images in range that already have a prediction."),
         "max_pixels": Param(
-            89_478_485,
+            DEFAULT_MAX_PIXELS,
             type="integer",
             minimum=1,
             description="Images with more pixels are rejected as decompression bombs (Pillow's default limit).",
         ),
         "max_file_bytes": Param(
-            100 * 1024 * 1024,
+            DEFAULT_MAX_FILE_BYTES,
             type="integer",
             minimum=1,
             description="Larger files are stored by path only; scoring reads them from there.",

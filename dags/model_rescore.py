@@ -40,6 +40,7 @@ from rescore_airflow.operators import (
     PromotePredictionsOperator,
     ScoreImagesOperator,
     ValidatePredictionsOperator,
+    date_range_params,
     validation_params,
     validation_thresholds_from_params,
 )
@@ -63,18 +64,7 @@ NEW_VERSION = "{{ ti.xcom_pull(task_ids='wait_for_new_champion') }}"
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, description="Images per model batch."),
         "keep_versions": Param(3, type="integer", minimum=1, description="Versions of predictions to keep."),
         "retry_failed": Param(False, type="boolean", description="Re-score a champion that failed validation."),
-        "from_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="Only re-score and validate images ingested on or after this day (YYYY-MM-DD).",
-        ),
-        "to_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            description="Only re-score and validate images ingested on or before this day (YYYY-MM-DD).",
-        ),
+        **date_range_params("re-score and validate"),
         **validation_params(),
     },
 )

@@ -248,10 +248,6 @@ class ScoreImagesOperator(_ModelJobOperator):
         self.to_date = to_date
         self.force = force
 
-    @staticmethod
-    def _given(value: object) -> bool:
-        return value is not None and str(value).strip() not in ("", "None")
-
     def job_arguments(self) -> list[str]:
         args = [*super().job_arguments(), "--batch-size", str(self.batch_size)]
         for flag, value in (
@@ -261,7 +257,7 @@ class ScoreImagesOperator(_ModelJobOperator):
             ("--from-date", self.from_date),
             ("--to-date", self.to_date),
         ):
-            if self._given(value):
+            if _given(value):
                 args += [flag, str(value).strip()]
         if str(self.force).strip().lower() in ("true", "1", "yes"):
             args.append("--force")
@@ -280,7 +276,7 @@ class ScoreImagesOperator(_ModelJobOperator):
 
 def _given(value: Any) -> bool:
     """Whether a (rendered) argument carries a value; a null Param renders as ``"None"``."""
-    return value not in (None, "", "None")
+    return value is not None and str(value).strip() not in ("", "None")
 
 
 #: DAG Params of the validation thresholds that a triggered run may override; ``None`` (the
@@ -303,6 +299,22 @@ def validation_params() -> dict[str, Param]:
             description=f"{text} Empty: the value in include/validation/gates.toml (or $RESCORE_GATES_CONFIG).",
         )
         for name, (kind, text) in VALIDATION_PARAMS.items()
+    }
+
+
+def date_range_params(what: str) -> dict[str, Param]:
+    """``from_date`` / ``to_date`` Params (``YYYY-MM-DD``, inclusive, on the ingestion day); empty: no bound.
+
+    :param what: what the range limits, e.g. ``"score and validate"``, for the descriptions.
+    """
+    return {
+        name: Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description=f"Only {what} images ingested on or {side} this day (YYYY-MM-DD).",
+        )
+        for name, side in (("from_date", "after"), ("to_date", "before"))
     }
 
 
