@@ -46,11 +46,21 @@ class Plan:
     scaling_base: int
     scaling_multipliers: tuple[int, ...]
     memory_partitions: tuple[int, ...]
+    #: per model, two image counts for Rescore's sustained rate: (n2 - n1) / (t2 - t1), free of
+    #: the fixed cost of a job (models not listed are not measured sustained).
+    sustained: dict[str, tuple[int, int]]
 
 
 PLANS = {
     "quick": Plan(
-        "quick", {"small_cnn_64": 256, "resnet18_160": 64, "mobilenet_v2_160": 64}, 2, 64, 64, (1, 4, 16), (16, 160)
+        "quick",
+        {"small_cnn_64": 256, "resnet18_160": 64, "mobilenet_v2_160": 32},
+        2,
+        32,
+        64,
+        (1, 4, 16),
+        (16, 160),
+        {"small_cnn_64": (256, 1024), "resnet18_160": (64, 192)},
     ),
     "full": Plan(
         "full",
@@ -60,6 +70,7 @@ PLANS = {
         200,
         (1, 10, 100),
         (50, 500, 5000),
+        {"small_cnn_64": (1500, 12000), "resnet18_160": (300, 1200), "mobilenet_v2_160": (300, 1200)},
     ),
 }
 
@@ -160,6 +171,8 @@ class Bench:
         self.runs: list[dict[str, Any]] = []
         self.summary: list[dict[str, Any]] = []
         self.ceiling: dict[str, Any] = {}
+        self.physical: dict[str, dict[str, float]] = {}
+        self.sustained: list[dict[str, Any]] = []
         self.spark = start_spark(args.cores, args.batch_size)
         self.ctx = M.BenchContext(self.spark, args.cores, args.batch_size)
 
@@ -221,7 +234,18 @@ class Bench:
                 log.info(
                     "  round %d %-24s %6.1f s %7.1f images/s", round_no, method, watch.seconds, count / watch.seconds
                 )
+        self.physical[model.key] = M.physical_limit(
+            self.ctx.pools[model.key], files[:count], cores=self.args.cores, batch_size=self.args.batch_size
+        )
+        log.info(
+            "  physical limit: %.2f CPU ms per image -> %.1f images/s on %d cores",
+            self.physical[model.key]["cpu_ms_per_image"],
+            self.physical[model.key]["images_per_s"],
+            self.args.cores,
+        )
         self.ctx.pools.pop(model.key).shutdown()
+        if model.key in self.plan.sustained:
+            self.sustained.append(self.measure_sustained(model, files[:count]))
         reference = M.read_predictions(outputs / "dataloader_w0")
         rows: dict[str, dict[str, Any]] = {}
         for method in method_names:
@@ -244,6 +268,35 @@ class Bench:
         for row in [ceiling_row, *(rows[m] for m in (*M.SPARK_METHODS, M.SPARK_FLOOR))]:
             row["ceiling_ratio"] = row["images_per_s_median"] / ceiling_ips
             self.summary.append(row)
+
+    def measure_sustained(self, model: BenchModel, base: list[Path]) -> dict[str, Any]:
+        """Rescore at two image counts (copies of ``base``), twice each, interleaved: the marginal
+        rate between the best times is what a long job sustains once Spark's fixed cost is paid."""
+        counts = self.plan.sustained[model.key]
+        folders = {}
+        for n in counts:
+            copies = -(-n // len(base))
+            folders[n] = (link_set(base, self.workdir / "sets" / f"sustained-{model.key}-{n}", copies=copies), copies)
+        best: dict[int, float] = {}
+        cpu: dict[int, float] = {}
+        for _ in range(2):
+            for n, (folder, copies) in folders.items():
+                out = self.workdir / "out" / "sustained" / model.key
+                watch = self.run_method(model, M.RESCORE, folder, out, None)
+                if watch.seconds < best.get(n, float("inf")):
+                    best[n], cpu[n] = watch.seconds, watch.cpu_seconds
+                log.info("  sustained: %d images in %.1f s", len(base) * copies, watch.seconds)
+                shutil.rmtree(out, ignore_errors=True)
+        (n1, (_, c1)), (n2, (_, c2)) = folders.items()
+        images = (len(base) * c1, len(base) * c2)
+        return {
+            "model": model.key,
+            "images": list(images),
+            "seconds": [best[n1], best[n2]],
+            "cpu_seconds": [cpu[n1], cpu[n2]],
+            "images_per_s": (images[1] - images[0]) / max(best[n2] - best[n1], 1e-9),
+            "cpu_ms_per_image": 1000 * (cpu[n2] - cpu[n1]) / (images[1] - images[0]),
+        }
 
     # -- Rescore at growing counts, and worker memory at growing partitions -----------------------
 
@@ -361,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         "methods": M.DESCRIPTIONS,
         "ceiling_configs": list(M.iter_ceiling_configs(args.cores)),
         "ceiling": bench.ceiling,
+        "physical_limit": bench.physical,
+        "sustained": bench.sustained,
         "summary": bench.summary,
         "runs": bench.runs,
         "scaling": scaling,

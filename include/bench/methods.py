@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,6 +180,37 @@ def _pool_score(files: list[str], out: str, part: str, batch_size: int) -> int:
         parts.append(predictor.predict(np.stack([decode(payload["manifest"], Path(f).read_bytes()) for f in chunk])))
     write_predictions(Path(out), [Path(f).name for f in files], np.concatenate(parts), part=part)
     return len(files)
+
+
+def _pool_cpu_per_image(files: list[str], batch_size: int) -> float:
+    """CPU seconds per image of decode + preprocessing + inference in this single-threaded process."""
+    import time
+
+    payload, predictor = _POOL_PREDICTOR
+    datas = [Path(f).read_bytes() for f in files]
+    started = time.process_time()
+    for start in range(0, len(datas), batch_size):
+        chunk = datas[start : start + batch_size]
+        predictor.predict(np.stack([decode(payload["manifest"], data) for data in chunk]))
+    return (time.process_time() - started) / len(datas)
+
+
+def physical_limit(
+    pool: Executor, files: list[Path], *, cores: int, batch_size: int, repeats: int = 3
+) -> dict[str, float]:
+    """The physical limit of the issue: ``cores`` / (decode + inference CPU seconds per image).
+
+    The CPU time is measured in single-threaded processes with the files in memory, ``cores`` of
+    them at once (so the cores share caches and memory bandwidth as they do in a real run), and
+    averaged over them; the best of ``repeats`` such rounds counts.
+    """
+    names = [str(f) for f in files]
+    rounds = []
+    for _ in range(repeats):
+        futures = [pool.submit(_pool_cpu_per_image, names, batch_size) for _ in range(cores)]
+        rounds.append(sum(f.result() for f in futures) / cores)
+    per_image = min(rounds)
+    return {"cpu_ms_per_image": 1000 * per_image, "images_per_s": cores / per_image, "images": len(files)}
 
 
 def start_process_pool(payload: dict[str, Any], cores: int) -> ProcessPoolExecutor:

@@ -208,3 +208,75 @@ def test_memory_sampler_sees_python_workers_in_the_process_tree() -> None:
         worker.wait()
     assert sampler.samples >= 2
     assert sampler.peak_worker_bytes >= 64 * 2**20
+
+
+def test_physical_target_compares_the_sustained_rate_with_cores_over_cpu_per_image(tmp_path: Path) -> None:
+    results = _results()
+    # 2 cores at 20 ms of decode + inference per image: at most 100 images/s.
+    results["physical_limit"] = {"m64": {"cpu_ms_per_image": 20.0, "images_per_s": 100.0, "images": 100}}
+    results["sustained"] = [
+        {
+            "model": "m64",
+            "images": [100, 400],
+            "seconds": [3.0, 6.75],
+            "cpu_seconds": [6.0, 13.5],
+            "images_per_s": 80.0,
+            "cpu_ms_per_image": 25.0,
+        }
+    ]
+    write_report(results, tmp_path)
+    targets = {(t["model"], t["target"]): t for t in json.loads((tmp_path / "results.json").read_text())["targets"]}
+    physical = targets[("m64", "Rescore sustained / physical limit")]
+    assert physical["value"] == pytest.approx(0.8)
+    assert physical["met"] is False
+    assert physical["gap"] == pytest.approx(-0.1)
+    readme = (tmp_path / "README.md").read_text()
+    line = next(row for row in readme.splitlines() if row.startswith("| m64 | 20.00 |"))
+    assert "100 in 3.0 s, 400 in 6.8 s" in line
+    assert line.endswith("| 0.80 |")
+
+    results["sustained"][0]["images_per_s"] = 95.0
+    write_report(results, tmp_path)
+    targets = {(t["model"], t["target"]): t for t in json.loads((tmp_path / "results.json").read_text())["targets"]}
+    assert targets[("m64", "Rescore sustained / physical limit")]["met"] is True
+
+
+class _BurningPredictor:
+    """Burns a known CPU time per batch, so the measured CPU per image has a floor."""
+
+    def __init__(self, seconds_per_batch: float) -> None:
+        self.seconds = seconds_per_batch
+        self.batches = 0
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        end = time.process_time() + self.seconds
+        while time.process_time() < end:
+            pass
+        self.batches += 1
+        return np.zeros((len(batch), 2), dtype=np.float32)
+
+
+def test_physical_limit_is_cores_over_measured_cpu_per_image(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from include.bench import methods
+
+    files = []
+    for i in range(8):
+        path = tmp_path / f"img_{i}.jpg"
+        Image.new("RGB", (32, 32), (i * 30, 0, 0)).save(path)
+        files.append(path)
+    manifest = {"input_size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    predictor = _BurningPredictor(0.08)  # 4 images per batch: at least 20 ms per image
+    methods._POOL_PREDICTOR[:] = [{"manifest": manifest}, predictor]
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            limit = methods.physical_limit(pool, files, cores=2, batch_size=4, repeats=2)
+    finally:
+        methods._POOL_PREDICTOR.clear()
+    assert predictor.batches == 8  # 2 repeats x 2 cores x 2 batches
+    assert limit["cpu_ms_per_image"] >= 20.0
+    assert limit["images_per_s"] == pytest.approx(2 * 1000 / limit["cpu_ms_per_image"])
+    assert limit["images"] == 8
