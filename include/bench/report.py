@@ -312,7 +312,8 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
             "## Sustained rate against the physical limit",
             "",
             "The physical limit is the cores divided by the CPU time of decode + preprocessing + inference "
-            "per image, measured in one single-threaded process with the files in memory. Rescore's sustained "
+            "per image, measured in single-threaded processes, one per core and all at once, with the files in "
+            "memory (best of three rounds). Rescore's sustained "
             "rate is the marginal rate between two runs of different size (best of two each): "
             "(images₂ − images₁) / (seconds₂ − seconds₁), what a long job gets once Spark's fixed cost per "
             "job is paid.",
