@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 FIELDS = ("Fault", "Does", "Asserts")
+#: Minutes the whole fault tier may take (the reliability issue's budget).
+TIER_BUDGET_MIN = 15
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,16 @@ def render(faults: list[FaultTest], results: dict[str, tuple[str, float]]) -> st
         "",
         f"Last run: {stamp}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
         "",
+    ]
+    ran = [results[f.node_id] for f in faults if f.node_id in results]
+    if ran:
+        total = sum(seconds for _, seconds in ran)
+        lines += [
+            f"The {len(ran)} fault tests that ran took {total / 60:.1f} min in all (the sum of their durations; "
+            f"the tier's budget is {TIER_BUDGET_MIN} min).",
+            "",
+        ]
+    lines += [
         "| Fault | What the test does | What it asserts | Last result |",
         "|---|---|---|---|",
     ]

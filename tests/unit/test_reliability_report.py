@@ -55,6 +55,22 @@ def test_table_shows_each_result_and_marks_tests_that_did_not_run() -> None:
 
     assert "| F1 | D1 | A1 | passed in 12 s (`test_a`) |" in text
     assert "| F2 | D2 | A2 | not run (`test_b`) |" in text
+    assert "The 1 fault tests that ran took 0.2 min in all" in text
+
+
+def test_total_counts_only_the_fault_tests_and_is_absent_when_none_ran() -> None:
+    faults = [
+        rr.FaultTest("tests/a.py::test_a", "F1", "D1", "A1"),
+        rr.FaultTest("tests/b.py::test_b", "F2", "D2", "A2"),
+    ]
+    results = {
+        "tests/a.py::test_a": ("passed", 300.0),
+        "tests/b.py::test_b": ("failed", 150.0),
+        "tests/c.py::test_not_a_fault": ("passed", 900.0),
+    }
+
+    assert "took 7.5 min in all" in rr.render(faults, results)
+    assert "in all" not in rr.render(faults, {})
 
 
 def test_the_repository_documents_its_fault_tests() -> None:
