@@ -78,7 +78,7 @@ unit: install
 
 bench: install
 	$(BIN)/python -m include.bench $(if $(QUICK),--quick) $(BENCH_ARGS)
-	$(BIN)/python -m include.bench.ingest_bench --files $(if $(QUICK),2000,10000) --out docs/benchmarks/ingest.md
+	$(BIN)/python -m include.bench.ingest_bench --files $(if $(QUICK),500,10000) --out docs/benchmarks/ingest.md
 
 # Regenerates the lock in a throwaway venv from the human-edited requirements.in.
 lock:
