@@ -107,7 +107,8 @@ def read_junit(junit: Path) -> dict[str, tuple[str, float]]:
     return results
 
 
-def render(faults: list[FaultTest], results: dict[str, tuple[str, float]]) -> str:
+def render(faults: list[FaultTest], results: dict[str, tuple[str, float]], source: str = "") -> str:
+    """The page; ``source`` says where the results come from (e.g. the junit file of a ``make test``)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Reliability: faults injected, and what must still hold",
@@ -116,7 +117,8 @@ def render(faults: list[FaultTest], results: dict[str, tuple[str, float]]) -> st
         "own docstrings and their last run; do not edit by hand. The same tests run in `make test`",
         "(most carry the marker `integration`).",
         "",
-        f"Last run: {stamp}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        f"Last run: {stamp}, {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        + (f"; results from {source}." if source else "."),
         "",
     ]
     ran = [results[f.node_id] for f in faults if f.node_id in results]
@@ -151,14 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no fault tests found under {TESTS}", file=sys.stderr)
         return 1
     results: dict[str, tuple[str, float]] = {}
+    source = ""
     if args.junit is not None:
         results = read_junit(args.junit)
+        source = f"`{args.junit}` (a `make test` run: its tests share the cores with the other xdist worker)"
     elif not args.no_run:
         junit = args.out.parent / ".reliability-junit.xml"
         args.out.parent.mkdir(parents=True, exist_ok=True)
         results = run(faults, junit)
         junit.unlink(missing_ok=True)
-    args.out.write_text(render(faults, results))
+    args.out.write_text(render(faults, results, source))
     failed = [n for n, (o, _) in results.items() if o == "failed"]
     print(f"wrote {args.out}: {len(faults)} faults, {len(failed)} failed")
     return 1 if failed else 0
