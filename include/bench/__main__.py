@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
 import shutil
@@ -35,15 +36,19 @@ log = logging.getLogger("rescore.bench")
 ROOT = Path(__file__).resolve().parents[2]
 #: At most this many Spark partitions per core for every Spark method. binaryFile splits by bytes,
 #: but scoring costs about the same per image whatever its size: at 2 per core the partitions
-#: held 173 to 459 images and one core idled for the last ~20% of a run; more partitions even
-#: that out, as long as each keeps a few model batches (see :func:`spark_partitions`).
+#: held 173 to 459 images and one core idled for the last ~20% of a ResNet-18 run (1200 images:
+#: 58.7 images/s at 2 per core, 63.5 at 8). Small partitions pay a task's fixed cost for little
+#: work instead (the small CNN got slower at 8 per core), so each keeps :data:`TASK_SECONDS`.
 PARTITIONS_PER_CORE = 8
+#: The least single-core work (decode + inference) a partition should carry, in seconds.
+TASK_SECONDS = 1.0
 
 
-def spark_partitions(images: int, cores: int, batch_size: int) -> int:
-    """Partitions for a run: up to :data:`PARTITIONS_PER_CORE` per core, each with at least two
-    model batches (tiny partitions pay a task's fixed cost for a few images), never below ``cores``."""
-    return max(cores, min(PARTITIONS_PER_CORE * cores, images // (2 * batch_size)))
+def spark_partitions(images: int, cores: int, batch_size: int, cpu_s_per_image: float) -> int:
+    """Partitions for a run of ``images``: as many as fit up to :data:`PARTITIONS_PER_CORE` per
+    core while each keeps two model batches and :data:`TASK_SECONDS` of work; never below ``cores``."""
+    least = max(2 * batch_size, math.ceil(TASK_SECONDS / cpu_s_per_image))
+    return max(cores, min(PARTITIONS_PER_CORE * cores, images // least))
 
 
 @dataclass(frozen=True)
@@ -202,7 +207,8 @@ class Bench:
                 M.ceiling_process_per_core(pool, files, out, cores=self.args.cores, batch_size=self.args.batch_size)
             else:
                 count = sum(1 for _ in folder.glob("*.jpg"))
-                partitions = spark_partitions(count, self.args.cores, self.args.batch_size)
+                cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
+                partitions = spark_partitions(count, self.args.cores, self.args.batch_size, cpu_s)
                 images = M.read_files(self.spark, folder, partitions=partitions)
                 M.SPARK_RUNNERS[method](self.ctx, model.key, images, out)
         return watch
@@ -221,6 +227,15 @@ class Bench:
         self.ctx.mlflow_uris[model.key] = model.mlflow_uri
         self.ctx.pools[model.key] = M.start_process_pool(payload, self.args.cores)
         predictor = build_predictor(model.version, num_threads=self.args.cores)
+        self.physical[model.key] = M.physical_limit(
+            self.ctx.pools[model.key], files[:count], cores=self.args.cores, batch_size=self.args.batch_size
+        )
+        log.info(
+            "  physical limit: %.2f CPU ms per image -> %.1f images/s on %d cores",
+            self.physical[model.key]["cpu_ms_per_image"],
+            self.physical[model.key]["images_per_s"],
+            self.args.cores,
+        )
         configs = list(M.iter_ceiling_configs(self.args.cores))
         method_names = [*configs, *M.SPARK_METHODS, M.SPARK_FLOOR]
         outputs = self.workdir / "out" / model.key
@@ -247,15 +262,6 @@ class Bench:
                 log.info(
                     "  round %d %-24s %6.1f s %7.1f images/s", round_no, method, watch.seconds, count / watch.seconds
                 )
-        self.physical[model.key] = M.physical_limit(
-            self.ctx.pools[model.key], files[:count], cores=self.args.cores, batch_size=self.args.batch_size
-        )
-        log.info(
-            "  physical limit: %.2f CPU ms per image -> %.1f images/s on %d cores",
-            self.physical[model.key]["cpu_ms_per_image"],
-            self.physical[model.key]["images_per_s"],
-            self.args.cores,
-        )
         self.ctx.pools.pop(model.key).shutdown()
         if model.key in self.plan.sustained:
             self.sustained.append(self.measure_sustained(model, files[:count]))
@@ -419,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": plan.rounds,
             "warmup_images": plan.warmup_images,
             "seed": args.seed,
-            "spark_partitions": f"up to {PARTITIONS_PER_CORE} per core, at least 2 model batches each",
+            "spark_partitions": f"up to {PARTITIONS_PER_CORE} per core, each with 2 model batches and "
+            f"{TASK_SECONDS:g} s of single-core work at least",
             "rss_interval_s": rss_interval,
         },
         "data": describe(files),
