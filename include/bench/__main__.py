@@ -206,9 +206,8 @@ class Bench:
                 pool = self.ctx.pools[model.key]
                 M.ceiling_process_per_core(pool, files, out, cores=self.args.cores, batch_size=self.args.batch_size)
             else:
-                count = sum(1 for _ in folder.glob("*.jpg"))
                 cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
-                partitions = spark_partitions(count, self.args.cores, self.args.batch_size, cpu_s)
+                partitions = spark_partitions(len(files), self.args.cores, self.args.batch_size, cpu_s)
                 images = M.read_files(self.spark, folder, partitions=partitions)
                 M.SPARK_RUNNERS[method](self.ctx, model.key, images, out)
         return watch

@@ -172,13 +172,19 @@ def _pool_init(payload: dict[str, Any]) -> None:
     _POOL_PREDICTOR[:] = [payload, build_predictor(version_of(payload), num_threads=1)]
 
 
+def _predict_all(payload: dict[str, Any], predictor: Predictor, datas: list[bytes], batch_size: int) -> np.ndarray:
+    """Decode and score image bytes in model batches of ``batch_size``: the ceiling's inner loop."""
+    parts = []
+    for start in range(0, len(datas), batch_size):
+        chunk = datas[start : start + batch_size]
+        parts.append(predictor.predict(np.stack([decode(payload["manifest"], data) for data in chunk])))
+    return np.concatenate(parts)
+
+
 def _pool_score(files: list[str], out: str, part: str, batch_size: int) -> int:
     payload, predictor = _POOL_PREDICTOR
-    parts = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        parts.append(predictor.predict(np.stack([decode(payload["manifest"], Path(f).read_bytes()) for f in chunk])))
-    write_predictions(Path(out), [Path(f).name for f in files], np.concatenate(parts), part=part)
+    probabilities = _predict_all(payload, predictor, [Path(f).read_bytes() for f in files], batch_size)
+    write_predictions(Path(out), [Path(f).name for f in files], probabilities, part=part)
     return len(files)
 
 
@@ -189,9 +195,7 @@ def _pool_cpu_per_image(files: list[str], batch_size: int) -> float:
     payload, predictor = _POOL_PREDICTOR
     datas = [Path(f).read_bytes() for f in files]
     started = time.process_time()
-    for start in range(0, len(datas), batch_size):
-        chunk = datas[start : start + batch_size]
-        predictor.predict(np.stack([decode(payload["manifest"], data) for data in chunk]))
+    _predict_all(payload, predictor, datas, batch_size)
     return (time.process_time() - started) / len(datas)
 
 
