@@ -73,24 +73,53 @@ def scope_images(
 
 
 def coverage(images: DataFrame, predictions: DataFrame) -> dict[str, Any]:
-    """Images in scope without a prediction, and images with more than one, counted and sampled."""
+    """Images in scope without a prediction, and images with more than one, counted in one pass;
+    the sample ids are fetched only when there is something to list."""
     from pyspark.sql import functions as F
 
-    expected = images.select("image_id").distinct()
-    missing = expected.join(predictions.select("image_id"), "image_id", "left_anti")
-    dupes = predictions.groupBy("image_id").count().where(F.col("count") > 1)
+    expected = images.select("image_id").distinct().withColumn("expected", F.lit(True))
+    per_image = predictions.groupBy("image_id").agg(F.count(F.lit(1)).alias("n"))
+    joined = expected.join(per_image, "image_id", "full_outer")
+    is_missing = F.col("expected") & F.col("n").isNull()
+    is_duplicate = F.col("n") > 1
+    row = joined.agg(
+        F.count("expected").alias("images_in_scope"),
+        F.sum(F.coalesce("n", F.lit(0))).alias("predictions"),
+        F.sum(F.when(is_missing, 1).otherwise(0)).alias("missing"),
+        F.sum(F.when(is_duplicate, 1).otherwise(0)).alias("duplicates"),
+    ).first()
+    counts = {
+        k: int((row[k] if row is not None else 0) or 0)
+        for k in ("images_in_scope", "predictions", "missing", "duplicates")
+    }
+
+    def sample(condition: Any) -> list[str]:
+        ids = joined.where(condition).select("image_id").orderBy("image_id").limit(SAMPLE_IDS).collect()
+        return sorted(r.image_id for r in ids)
+
     return {
-        "images_in_scope": expected.count(),
-        "predictions": predictions.count(),
-        "missing": missing.count(),
-        "missing_sample": sorted(r.image_id for r in missing.orderBy("image_id").limit(SAMPLE_IDS).collect()),
-        "duplicates": dupes.count(),
-        "duplicate_sample": sorted(r.image_id for r in dupes.orderBy("image_id").limit(SAMPLE_IDS).collect()),
+        "images_in_scope": counts["images_in_scope"],
+        "predictions": counts["predictions"],
+        "missing": counts["missing"],
+        "missing_sample": sample(is_missing) if counts["missing"] else [],
+        "duplicates": counts["duplicates"],
+        "duplicate_sample": sample(is_duplicate) if counts["duplicates"] else [],
     }
 
 
-def sanity(predictions: DataFrame, labels: list[str], tolerance: float) -> dict[str, Any]:
-    """Counts of rows that break an invariant; one pass over the predictions."""
+#: The sanity invariants, in report order; each counts the rows that break it.
+SANITY_CHECKS = ("null_or_nan", "score_out_of_range", "probabilities_not_summing_to_1", "unknown_label")
+
+
+def profile(
+    predictions: DataFrame, labels: list[str], tolerance: float, bins: int = SCORE_BINS
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sanity counts and the label and score distribution of some predictions, in one pass.
+
+    One group-by on (label, score bin) carries every count; the groups are few (labels x bins),
+    so the driver adds them up. The error sample is fetched only when some row has an error.
+    Returns ``(sanity, distribution)``.
+    """
     from pyspark.sql import functions as F
 
     prob_sum = F.aggregate("probabilities", F.lit(0.0).cast("double"), lambda acc, x: acc + x)
@@ -107,40 +136,55 @@ def sanity(predictions: DataFrame, labels: list[str], tolerance: float) -> dict[
         & (F.abs(prob_sum - 1.0) > tolerance),
         "unknown_label": F.col("label").isNotNull() & ~F.col("label").isin(labels),
     }
-    row = predictions.agg(*[F.sum(F.when(c, 1).otherwise(0)).alias(k) for k, c in checks.items()]).first()
-    counts = {k: int(row[k] or 0) for k in checks} if row is not None else dict.fromkeys(checks, 0)
-    errors = [
-        r.error for r in predictions.where(F.col("error").isNotNull()).select("error").limit(SAMPLE_IDS).collect()
-    ]
-    return {**counts, "invalid_rows": int(sum(counts.values())), "error_sample": errors}
-
-
-def distribution(predictions: DataFrame, bins: int = SCORE_BINS) -> dict[str, Any]:
-    """Label counts and shares, and a histogram of scores over [0, 1] (NaN and null scores left out)."""
-    from pyspark.sql import functions as F
-
-    label_counts = {str(r.label): int(r["count"]) for r in predictions.groupBy("label").count().collect()}
-    total = sum(label_counts.values())
     # Scores are float32: 0.7 is stored as 0.69999999; six decimals put it in the bin a reader expects.
     score = F.round(F.col("score").cast("double"), 6)
-    bucket = F.least(F.floor(score * bins), F.lit(bins - 1)).cast("int")
-    hist = dict.fromkeys(range(bins), 0)
-    valid = predictions.where(~F.isnan("score") & score.between(0, 1))
-    for r in valid.groupBy(bucket.alias("b")).count().collect():
-        hist[int(r.b)] = int(r["count"])
-    return {
+    in_range = ~F.isnan("score") & score.between(0, 1)
+    bucket = F.when(in_range, F.least(F.floor(score * bins), F.lit(bins - 1)).cast("int"))
+    groups = (
+        predictions.groupBy(F.col("label"), bucket.alias("bin"))
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(F.when(F.col("error").isNotNull(), 1).otherwise(0)).alias("errors"),
+            *[F.sum(F.when(c, 1).otherwise(0)).alias(k) for k, c in checks.items()],
+        )
+        .collect()
+    )
+    counts = {k: sum(int(g[k]) for g in groups) for k in SANITY_CHECKS}
+    errors = []
+    if any(g["errors"] for g in groups):
+        erred = predictions.where(F.col("error").isNotNull()).select("error").limit(SAMPLE_IDS).collect()
+        errors = [r.error for r in erred]
+    sanity = {**counts, "invalid_rows": int(sum(counts.values())), "error_sample": errors}
+
+    label_counts: dict[str, int] = {}
+    hist = [0] * bins
+    for g in groups:
+        label_counts[str(g.label)] = label_counts.get(str(g.label), 0) + int(g.rows)
+        if g.bin is not None:
+            hist[int(g.bin)] += int(g.rows)
+    total = sum(label_counts.values())
+    distribution = {
         "rows": total,
         "label_counts": dict(sorted(label_counts.items())),
         "label_shares": {k: round(v / total, 6) for k, v in sorted(label_counts.items())},
-        "score_histogram": {
-            "edges": [round(i / bins, 6) for i in range(bins + 1)],
-            "counts": [hist[i] for i in range(bins)],
-        },
+        "score_histogram": {"edges": [round(i / bins, 6) for i in range(bins + 1)], "counts": hist},
     }
+    return sanity, distribution
 
 
-def compare(new: DataFrame, old: DataFrame, *, baseline_version: str, bins: int = SCORE_BINS) -> dict[str, Any]:
-    """How the validated version's predictions differ from the promoted version's, image by image."""
+def compare(
+    new: DataFrame,
+    old: DataFrame,
+    *,
+    baseline_version: str,
+    current: dict[str, Any],
+    labels: list[str],
+    bins: int = SCORE_BINS,
+) -> dict[str, Any]:
+    """How the validated version's predictions differ from the promoted version's, image by image.
+
+    :param current: the validated version's ``distribution`` (already measured), for the drift measures.
+    """
     from pyspark.sql import functions as F
 
     old_one = old.dropDuplicates(["image_id"]).select(
@@ -149,12 +193,14 @@ def compare(new: DataFrame, old: DataFrame, *, baseline_version: str, bins: int 
     new_one = new.dropDuplicates(["image_id"]).select(
         "image_id", F.col("label").alias("new_label"), F.col("score").alias("new_score")
     )
-    joined = new_one.join(old_one, "image_id").cache()
-    try:
+    joined = new_one.join(old_one, "image_id")
+    # The confusion table carries both counts: all images compared, and those whose label changed.
+    confusion_rows = joined.groupBy("old_label", "new_label").count().collect()
+    compared = sum(int(r["count"]) for r in confusion_rows)
+    label_changed = sum(int(r["count"]) for r in confusion_rows if r.old_label != r.new_label)
+    top = []
+    if label_changed:
         changed = ~F.col("old_label").eqNullSafe(F.col("new_label"))
-        compared = joined.count()
-        label_changed = joined.where(changed).count()
-        confusion_rows = joined.groupBy("old_label", "new_label").count().collect()
         swing = F.abs(F.col("new_score") - F.col("old_score"))
         top = (
             joined.where(changed)
@@ -163,15 +209,12 @@ def compare(new: DataFrame, old: DataFrame, *, baseline_version: str, bins: int 
             .limit(SAMPLE_IDS)
             .collect()
         )
-    finally:
-        joined.unpersist()
-    labels = sorted({str(r.old_label) for r in confusion_rows} | {str(r.new_label) for r in confusion_rows})
-    index = {label: i for i, label in enumerate(labels)}
-    matrix = [[0] * len(labels) for _ in labels]
+    names = sorted({str(r.old_label) for r in confusion_rows} | {str(r.new_label) for r in confusion_rows})
+    index = {label: i for i, label in enumerate(names)}
+    matrix = [[0] * len(names) for _ in names]
     for r in confusion_rows:
         matrix[index[str(r.old_label)]][index[str(r.new_label)]] = int(r["count"])
-    baseline = distribution(old, bins)
-    current = distribution(new, bins)
+    _, baseline = profile(old, labels, tolerance=1.0, bins=bins)
     old_hist, new_hist = baseline["score_histogram"]["counts"], current["score_histogram"]["counts"]
     drift_ok = compared > 0 and sum(old_hist) > 0 and sum(new_hist) > 0
     return {
@@ -182,7 +225,7 @@ def compare(new: DataFrame, old: DataFrame, *, baseline_version: str, bins: int 
         "psi": round(population_stability_index(old_hist, new_hist), 6) if drift_ok else None,
         "js_divergence": round(jensen_shannon_divergence(old_hist, new_hist), 6) if drift_ok else None,
         "baseline_distribution": baseline,
-        "confusion": {"labels": labels, "counts": matrix},
+        "confusion": {"labels": names, "counts": matrix},
         "top_changed": [
             {
                 "image_id": r.image_id,
@@ -239,15 +282,18 @@ def validate_predictions(
     )
     version_rows = of_model.where(F.col("model_version") == model_version).cache()
     try:
+        sanity, distribution = profile(version_rows, labels, thresholds.probability_tolerance)
         metrics: dict[str, Any] = {
             "coverage": coverage(in_scope, version_rows),
-            "sanity": sanity(version_rows, labels, thresholds.probability_tolerance),
-            "distribution": distribution(version_rows),
+            "sanity": sanity,
+            "distribution": distribution,
             "comparison": None,
         }
         if baseline_version is not None and baseline_version != model_version:
             old_rows = of_model.where(F.col("model_version") == baseline_version)
-            metrics["comparison"] = compare(version_rows, old_rows, baseline_version=baseline_version)
+            metrics["comparison"] = compare(
+                version_rows, old_rows, baseline_version=baseline_version, current=distribution, labels=labels
+            )
     finally:
         version_rows.unpersist()
         in_scope.unpersist()

@@ -127,6 +127,19 @@ def test_a_nan_score_fails_no_null_or_nan(spark: Any) -> None:
     assert report["sanity"]["null_or_nan"] == 1
 
 
+def test_a_scoring_error_counts_as_null_and_its_message_is_sampled(spark: Any) -> None:
+    rows = [r for r in _rows("2", CLEAN) if r[0] != "img-3"]
+    rows.append(("img-3", None, None, None, "cannot identify image file: truncated JPEG", "shapes", "2"))
+    report = _validate(spark, rows)
+    assert _failed(report) == ["no_null_or_nan"]
+    assert report["sanity"]["null_or_nan"] == 1
+    assert report["sanity"]["error_sample"] == ["cannot identify image file: truncated JPEG"]
+    # the row still counts as the image's prediction, under its null label
+    assert report["coverage"]["missing"] == 0
+    assert report["distribution"]["label_counts"]["None"] == 1
+    assert sum(report["distribution"]["score_histogram"]["counts"]) == 5
+
+
 def test_a_score_above_one_fails_score_in_range(spark: Any) -> None:
     report = _validate(spark, _rows("2", {**CLEAN, "img-2": ("triangle", 1.5, [0.2, 0.1, 0.7])}))
     assert _failed(report) == ["score_in_range"]
