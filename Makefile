@@ -76,9 +76,11 @@ test: lint typecheck
 unit: install
 	$(BIN)/pytest -m "unit"
 
+# BENCH_OUT=<folder> keeps a trial run's results out of docs/benchmarks.
+BENCH_OUT ?= docs/benchmarks
 bench: install
-	$(BIN)/python -m include.bench $(if $(QUICK),--quick) $(BENCH_ARGS)
-	$(BIN)/python -m include.bench.ingest_bench --files $(if $(QUICK),500,10000) --out docs/benchmarks/ingest.md
+	$(BIN)/python -m include.bench $(if $(QUICK),--quick) --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(BIN)/python -m include.bench.ingest_bench --files $(if $(QUICK),500,10000) --out $(BENCH_OUT)/ingest.md
 
 # Regenerates the lock in a throwaway venv from the human-edited requirements.in.
 lock:

@@ -222,6 +222,10 @@ def test_physical_target_compares_the_sustained_rate_with_cores_over_cpu_per_ima
             "cpu_seconds": [6.0, 13.5],
             "images_per_s": 80.0,
             "cpu_ms_per_image": 25.0,
+            # Spark alone spends 5 ms per image: 20 / (20 + 5) = 0.8 of the limit at best.
+            "floor_seconds": [0.5, 0.8],
+            "floor_images_per_s": 1000.0,
+            "floor_cpu_ms_per_image": 5.0,
         }
     ]
     write_report(results, tmp_path)
@@ -233,7 +237,8 @@ def test_physical_target_compares_the_sustained_rate_with_cores_over_cpu_per_ima
     readme = (tmp_path / "README.md").read_text()
     line = next(row for row in readme.splitlines() if row.startswith("| m64 | 20.00 |"))
     assert "100 in 3.0 s, 400 in 6.8 s" in line
-    assert line.endswith("| 0.80 |")
+    assert line.endswith("| 0.80 | 5.00 | 0.80 |")
+    assert physical["note"] == "Spark's own 5.00 CPU ms per image leave at most 0.80"
 
     results["sustained"][0]["images_per_s"] = 95.0
     write_report(results, tmp_path)
