@@ -393,7 +393,12 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
         "- On a machine shared with other work, compare methods within one run (they are interleaved), "
         "not across runs.",
     ]
-    lines += ["", "Reproduce: `make bench` (full, ~45 min on 2 cores) or `make bench QUICK=1` (< 5 min).", ""]
+    lines += [
+        "",
+        "Reproduce: `make bench` (full run, budget 45 min on 2 cores) or `make bench QUICK=1` "
+        "(budget 5 min); this run's time is under **Run** above.",
+        "",
+    ]
     return "\n".join(lines)
 
 
