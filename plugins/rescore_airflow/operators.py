@@ -203,6 +203,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         default: the batch size.
     :param top_k: labels kept in the ``top_k`` column (templated); job default 3.
     :param decode: ``auto``, ``inline`` or ``prefetch`` (templated); job default ``auto``.
+    :param decode_workers: threads decoding in prefetch mode (templated); job default: the task's cores.
     :param from_date: only images ingested on or after this ``YYYY-MM-DD`` day (templated).
     :param to_date: only images ingested on or before this ``YYYY-MM-DD`` day (templated).
     :param force: re-score images that already have a prediction from this version (templated;
@@ -219,6 +220,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         "arrow_batch_size",
         "top_k",
         "decode",
+        "decode_workers",
         "from_date",
         "to_date",
         "force",
@@ -231,6 +233,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         arrow_batch_size: int | str | None = None,
         top_k: int | str | None = None,
         decode: str | None = None,
+        decode_workers: int | str | None = None,
         from_date: str | None = None,
         to_date: str | None = None,
         force: bool | str = False,
@@ -244,6 +247,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         self.arrow_batch_size = arrow_batch_size
         self.top_k = top_k
         self.decode = decode
+        self.decode_workers = decode_workers
         self.from_date = from_date
         self.to_date = to_date
         self.force = force
@@ -254,6 +258,7 @@ class ScoreImagesOperator(_ModelJobOperator):
             ("--arrow-batch-size", self.arrow_batch_size),
             ("--top-k", self.top_k),
             ("--decode", self.decode),
+            ("--decode-workers", self.decode_workers),
             ("--from-date", self.from_date),
             ("--to-date", self.to_date),
         ):

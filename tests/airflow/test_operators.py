@@ -120,6 +120,7 @@ def test_score_operator_passes_the_scoring_flags() -> None:
         arrow_batch_size=256,
         top_k=5,
         decode="prefetch",
+        decode_workers=4,
         from_date="2026-01-01",
         to_date="2026-01-31",
         force=True,
@@ -139,6 +140,7 @@ def test_score_operator_passes_the_scoring_flags() -> None:
         "--arrow-batch-size", "256",
         "--top-k", "5",
         "--decode", "prefetch",
+        "--decode-workers", "4",
         "--from-date", "2026-01-01",
         "--to-date", "2026-01-31",
         "--force",
@@ -158,7 +160,9 @@ def test_score_operator_templates_the_scope_and_omits_what_renders_empty() -> No
             to_date="{{ params.to_date }}",
             force="{{ params.force }}",
         )
-        assert {"arrow_batch_size", "top_k", "decode", "from_date", "to_date", "force"} <= set(op.template_fields)
+        assert {"arrow_batch_size", "top_k", "decode", "decode_workers", "from_date", "to_date", "force"} <= set(
+            op.template_fields
+        )
         op.render_template_fields({"params": params, "run_id": "r"})
         return op.job_arguments()
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,12 +161,14 @@ def _arrow_batches(count: int, rows: int, consumed: list[int]):  # type: ignore[
         yield contents, pd.Series([f"mem://{i}/{j}" for j in range(rows)])
 
 
-@pytest.mark.parametrize("decode", ["inline", "prefetch"])
-def test_score_partition_yields_before_reading_ahead_more_than_the_bound(tmp_path: Path, decode: str) -> None:
+@pytest.mark.parametrize(("decode", "workers"), [("inline", 0), ("prefetch", 1), ("prefetch", 3)])
+def test_score_partition_yields_before_reading_ahead_more_than_the_bound(
+    tmp_path: Path, decode: str, workers: int
+) -> None:
     # Given 50 Arrow batches of 4 rows, a batch size of 2 and a consumer that stops after each result
     consumed: list[int] = []
     held = HeldBatches()
-    options = ScoringOptions(batch_size=2, decode=decode, prefetch=3)
+    options = ScoringOptions(batch_size=2, decode=decode, prefetch=3, decode_workers=workers)
     predictor = CountingPredictor(_manifest("direct", tmp_path))
     results = score_partition(_arrow_batches(50, 4, consumed), predictor, options, held=held)
 
@@ -189,3 +194,52 @@ def test_a_decode_thread_failure_reaches_the_task(tmp_path: Path) -> None:
     results = score_partition(failing(), predictor, ScoringOptions(batch_size=1, decode="prefetch"))
     with pytest.raises(OSError, match="lost its input stream"):
         list(results)
+
+
+def test_the_decode_pool_decodes_batches_at_once_and_yields_them_in_input_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spark_jobs import score
+
+    real_decode = score.decode_batch
+    both_started = threading.Barrier(2, timeout=20)
+    lock = threading.Lock()
+    calls: list[str] = []
+
+    def slow_decode(manifest: Manifest, contents: pd.Series, paths: pd.Series):  # type: ignore[no-untyped-def]
+        with lock:
+            n = len(calls)
+            calls.append(threading.current_thread().name)
+        if n < 2:
+            both_started.wait()  # raises BrokenBarrierError unless two batches decode at the same time
+        if n % 3 == 0:
+            time.sleep(0.05)  # so that later batches finish first
+        return real_decode(manifest, contents, paths)
+
+    monkeypatch.setattr(score, "decode_batch", slow_decode)
+    # Given 10 Arrow batches of 3 rows that do not decode (each row's error names its path)
+    names = [[f"mem://{i}/{j}" for j in range(3)] for i in range(10)]
+    batches = ((pd.Series([b"not an image"] * 3), pd.Series(row)) for row in names)
+    options = ScoringOptions(batch_size=2, decode="prefetch", prefetch=2, decode_workers=3)
+    predictor = CountingPredictor(_manifest("pool", tmp_path))
+
+    # When the partition is scored with three decoding threads
+    frames = list(score_partition(batches, predictor, options, device="cuda:0", cpus=8))
+
+    # Then several threads decoded, and the rows come out in the order they went in
+    assert len({name for name in calls if name.startswith("rescore-decode")}) >= 2
+    errors = [e for frame in frames for e in frame["error"]]
+    assert [re.search(r"mem://\d+/\d+", e).group(0) for e in errors] == [n for row in names for n in row]  # type: ignore[union-attr]
+    assert len(calls) == 15
+
+
+def test_decode_workers_default_to_the_task_cores_and_bound_what_is_held() -> None:
+    options = ScoringOptions(decode="prefetch", prefetch=2)
+    assert options.workers(4) == 4
+    assert options.workers(None) == 1
+    assert options.max_held_batches("cuda:0", cpus=4) == 6
+    assert options.max_held_batches("cuda:0", cpus=1) == 4
+    assert ScoringOptions(decode="prefetch", decode_workers=2).workers(8) == 2
+    assert ScoringOptions().max_held_batches("cpu", cpus=4) == 1
+    with pytest.raises(Exception, match="decode workers must be 0"):
+        ScoringOptions(decode_workers=-1)
