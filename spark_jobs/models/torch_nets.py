@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from spark_jobs.models.resnet import ResNet18
+from spark_jobs.models.resnet import ResNet18, ResNet50
 
 
 class SmallCNN(nn.Module):
@@ -37,6 +37,7 @@ class SmallCNN(nn.Module):
 ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
     "small_cnn": SmallCNN,
     "resnet18": ResNet18,
+    "resnet50": ResNet50,
 }
 
 
