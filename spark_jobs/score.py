@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -84,6 +85,9 @@ class ScoringOptions:
         thread cannot feed a GPU: a 224 px ResNet-50 in float16 scores thousands of images per
         second, one core decodes a few hundred.
     :param mixed_precision: float16 autocast on GPU for PyTorch models.
+    :param device: ``auto`` (the GPU Spark assigned to the task, else the CPU), ``cpu``, or
+        ``cuda`` / ``cuda:<n>`` to use that GPU without Spark's resource scheduling (local mode
+        on a one-GPU machine, where Spark assigns no GPUs: every task then shares it).
     :param builder: turns the broadcast version into a predictor (tests inject fakes); default
         :func:`spark_jobs.models.build_predictor`.
     """
@@ -94,6 +98,7 @@ class ScoringOptions:
     prefetch: int = DEFAULT_PREFETCH
     decode_workers: int = 0
     mixed_precision: bool = False
+    device: str = "auto"
     builder: PredictorBuilder | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -105,6 +110,8 @@ class ScoringOptions:
             raise JobError(f"decode mode {self.decode!r} is unknown: use one of {DECODE_MODES}")
         if self.prefetch < 1:
             raise JobError(f"prefetch depth must be at least 1, got {self.prefetch}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise JobError(f"device {self.device!r} is unknown: use auto, cpu, cuda or cuda:<n>")
         if self.decode_workers < 0:
             raise JobError(f"decode workers must be 0 (the task's cores) or more, got {self.decode_workers}")
 
@@ -113,6 +120,12 @@ class ScoringOptions:
         if self.decode != "auto":
             return self.decode
         return "prefetch" if device.startswith("cuda") else "inline"
+
+    def task_device(self, assigned: str) -> str:
+        """The device a task runs on, given the one Spark ``assigned`` (``cpu`` when none)."""
+        if self.device == "auto":
+            return assigned
+        return "cuda:0" if self.device == "cuda" else self.device
 
     def workers(self, cpus: int | None) -> int:
         """Decoding threads in ``prefetch`` mode for a task with ``cpus`` cores."""
@@ -401,7 +414,8 @@ def make_score_udf(model: Broadcast[dict[str, Any]], options: ScoringOptions | N
 
     @pandas_udf(PREDICTION_STRUCT)  # type: ignore[call-overload]
     def score_batches(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:  # noqa: UP006
-        device, cpus = task_device()
+        assigned, cpus = task_device()
+        device = opts.task_device(assigned)
         predictor = get_predictor(model.value, opts, device, cpus)
         yield from score_partition(batches, predictor, opts, device=device, cpus=cpus)
 
@@ -617,6 +631,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="threads decoding in prefetch mode (default 0: the task's cores, spark.task.cpus)",
     )
     parser.add_argument("--mixed-precision", action="store_true", help="float16 autocast on GPU (PyTorch)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto: the GPU Spark assigned to the task, else the CPU; cpu; cuda or cuda:<n>: that GPU "
+        "for every task (local mode on a one-GPU machine, where Spark assigns none)",
+    )
     parser.add_argument("--from-date", type=_date, default=None, help="only images ingested on/after YYYY-MM-DD")
     parser.add_argument("--to-date", type=_date, default=None, help="only images ingested on/before YYYY-MM-DD")
     parser.add_argument(
@@ -660,6 +680,7 @@ def _main(argv: list[str] | None) -> int:
         prefetch=args.prefetch,
         decode_workers=args.decode_workers,
         mixed_precision=args.mixed_precision,
+        device=args.device,
     )
     arrow_batch = args.arrow_batch_size or args.batch_size
     spark = get_spark("rescore-score", {"spark.sql.execution.arrow.maxRecordsPerBatch": str(arrow_batch)})

@@ -204,6 +204,7 @@ class ScoreImagesOperator(_ModelJobOperator):
     :param top_k: labels kept in the ``top_k`` column (templated); job default 3.
     :param decode: ``auto``, ``inline`` or ``prefetch`` (templated); job default ``auto``.
     :param decode_workers: threads decoding in prefetch mode (templated); job default: the task's cores.
+    :param device: ``auto``, ``cpu``, ``cuda`` or ``cuda:<n>`` (templated); job default ``auto``.
     :param from_date: only images ingested on or after this ``YYYY-MM-DD`` day (templated).
     :param to_date: only images ingested on or before this ``YYYY-MM-DD`` day (templated).
     :param force: re-score images that already have a prediction from this version (templated;
@@ -221,6 +222,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         "top_k",
         "decode",
         "decode_workers",
+        "device",
         "from_date",
         "to_date",
         "force",
@@ -234,6 +236,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         top_k: int | str | None = None,
         decode: str | None = None,
         decode_workers: int | str | None = None,
+        device: str | None = None,
         from_date: str | None = None,
         to_date: str | None = None,
         force: bool | str = False,
@@ -248,6 +251,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         self.top_k = top_k
         self.decode = decode
         self.decode_workers = decode_workers
+        self.device = device
         self.from_date = from_date
         self.to_date = to_date
         self.force = force
@@ -259,6 +263,7 @@ class ScoreImagesOperator(_ModelJobOperator):
             ("--top-k", self.top_k),
             ("--decode", self.decode),
             ("--decode-workers", self.decode_workers),
+            ("--device", self.device),
             ("--from-date", self.from_date),
             ("--to-date", self.to_date),
         ):
