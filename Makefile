@@ -20,13 +20,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # pytest-xdist workers for make test (whole test files per worker); 0 runs serially in one process.
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test lint typecheck unit bench lock clean-home help airflow cluster-up cluster-down publish reliability
+.PHONY: install demo test lint typecheck unit bench bench-gpu lock clean-home help airflow cluster-up cluster-down publish reliability
 
 help:
 	@echo "make demo   - install (if needed) and run the whole story on the embedded defaults"
 	@echo "make test   - install (if needed), lint, type-check and run the test suite"
 	@echo "make airflow - the Airflow UI and scheduler on 127.0.0.1:8080 (embedded SQLite setup)"
 	@echo "make bench  - benchmarks, results under docs/benchmarks/"
+	@echo "make bench-gpu - the GPU benchmark (ResNet-50 fp16 vs a pure-PyTorch loop), docs/benchmarks/gpu/"
 	@echo "make lock   - regenerate requirements.lock from requirements.in"
 
 # The venv is rebuilt only when the lock file is newer than the stamp, so a second `make` is instant.
@@ -85,6 +86,11 @@ BENCH_OUT ?= docs/benchmarks
 bench: install
 	$(BIN)/python -m include.bench $(if $(QUICK),--quick) --out $(BENCH_OUT) $(BENCH_ARGS)
 	$(BIN)/python -m include.bench.ingest_bench --files $(if $(QUICK),500,10000) --out $(BENCH_OUT)/ingest.md
+
+# The GPU benchmark (ResNet-50, 224 px, float16): Rescore's job against a pure-PyTorch loop on
+# the same GPU, results in docs/benchmarks/gpu/ with the device named (BENCH_GPU_ARGS=--help).
+bench-gpu: install
+	$(BIN)/python -m include.bench.gpu --out $(BENCH_OUT)/gpu $(BENCH_GPU_ARGS)
 
 # Regenerates the lock in a throwaway venv from the human-edited requirements.in.
 lock:

@@ -1,0 +1,350 @@
+"""GPU benchmark: Rescore's scoring job against a pure-PyTorch loop on the same GPU.
+
+ResNet-50 at 224 px in float16 (random weights, seed 0), the same generated photo-like JPEGs,
+the same batch size and the same number of decoding cores for every method:
+
+- ``pytorch_loop``: the reference, what a PyTorch user writes without Spark: a ``DataLoader``
+  whose worker processes decode (``spark_jobs.images.decode_for_model``), pinned memory, the
+  network channels-last under float16 autocast.
+- ``rescore_partition``: Rescore's UDF body (``score_partition``) in one process, its decoding
+  pool feeding the GPU: what the UDF itself costs, without Spark.
+- ``rescore_spark``: Rescore's scoring job (``score_images`` over ``binaryFile``), Spark in
+  local mode with one task at a time (one executor per GPU), ``--device cuda``.
+
+Each method runs once as a warm-up, then ``--rounds`` times interleaved; the best and median
+images/s are reported with each method's ratio to the PyTorch loop (the issue's target for
+Rescore's job: at least 0.80). Results: ``<out>/results.json`` and ``<out>/README.md``, with the
+device named. Runs on the CPU too (``--device cpu``), slowly, to check the harness.
+
+    python -m include.bench.gpu [--device cuda] [--images 4096] [--batch-size 256] [--workers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from include.bench.data import generate_images
+from spark_jobs.model_store import Manifest, ModelVersion
+
+log = logging.getLogger("rescore.bench.gpu")
+ROOT = Path(__file__).resolve().parents[2]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+#: Rescore's job against the pure-PyTorch loop on the same GPU (issue: at least 0.80).
+TARGET_RATIO = 0.80
+
+
+def resnet50_version(labels: int = 1000, seed: int = 0) -> ModelVersion:
+    """ResNet-50 at 224 px with random weights from ``seed``, as a publishable version."""
+    import torch
+    from safetensors.torch import save
+
+    from spark_jobs.models.torch_nets import build_network
+
+    torch.manual_seed(seed)
+    state = {k: v.contiguous() for k, v in build_network("resnet50", labels).state_dict().items()}
+    manifest = Manifest(
+        name="bench_resnet50",
+        framework="pytorch",
+        architecture="resnet50",
+        input_size=224,
+        labels=[f"class_{i}" for i in range(labels)],
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        version="1",
+    )
+    return ModelVersion(manifest, save(state))
+
+
+class _Files:
+    """A map-style dataset of image files, decoded as Rescore decodes them."""
+
+    def __init__(self, files: list[Path], manifest: Manifest) -> None:
+        self.files = files
+        self.manifest = manifest
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        from spark_jobs.images import decode_for_model
+
+        m = self.manifest
+        mean = (m.mean[0], m.mean[1], m.mean[2])
+        std = (m.std[0], m.std[1], m.std[2])
+        return decode_for_model(self.files[index].read_bytes(), m.input_size, mean, std)
+
+
+def pytorch_loop(version: ModelVersion, files: list[Path], device: str, batch_size: int, workers: int) -> np.ndarray:
+    """The reference: DataLoader workers decode into pinned memory, the GPU scores float16
+    channels-last batches; the same network object and weights as Rescore's predictor."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    network = _predictor(version, device).network
+    target = torch.device(device)
+    cuda = target.type == "cuda"
+    loader: DataLoader[Any] = DataLoader(
+        cast(Any, _Files(files, version.manifest)),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=cuda,
+        prefetch_factor=4 if workers else None,
+        # Forked from a clean server process: a plain fork would copy the driver's Py4J socket to
+        # Spark, and each exiting worker would close it under the driver.
+        multiprocessing_context=multiprocessing.get_context("forkserver") if workers else None,
+    )
+    parts = []
+    with torch.inference_mode():
+        for batch in loader:
+            inputs = batch.to(target, non_blocking=True)
+            if cuda:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=target.type, dtype=torch.float16, enabled=cuda):
+                logits = network(inputs)
+            parts.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(parts)
+
+
+_PREDICTORS: dict[str, Any] = {}
+
+
+def _predictor(version: ModelVersion, device: str) -> Any:
+    """One predictor per device for the in-process methods (built before timing, as Spark reuses)."""
+    if device not in _PREDICTORS:
+        from spark_jobs.models import build_predictor
+
+        _PREDICTORS[device] = build_predictor(version, device=device, mixed_precision=True)
+    return _PREDICTORS[device]
+
+
+def rescore_partition(
+    version: ModelVersion, files: list[Path], device: str, batch_size: int, workers: int
+) -> np.ndarray:
+    """Rescore's UDF body on one process: Arrow-sized batches of bytes in, probabilities out."""
+    import pandas as pd
+
+    from spark_jobs.score import HeldBatches, ScoringOptions, score_partition
+
+    def batches() -> Iterator[tuple[pd.Series, pd.Series]]:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            yield pd.Series([f.read_bytes() for f in chunk]), pd.Series([str(f) for f in chunk])
+
+    options = ScoringOptions(batch_size=batch_size, decode="prefetch", decode_workers=workers, mixed_precision=True)
+    frames = score_partition(
+        batches(), _predictor(version, device), options, device=device, cpus=workers, held=HeldBatches()
+    )
+    return np.asarray([p for frame in frames for p in frame["probabilities"]], dtype=np.float32)
+
+
+def rescore_spark(
+    spark: Any, version: ModelVersion, folder: Path, out: Path, *, device: str, batch_size: int, workers: int
+) -> Path:
+    """Rescore's scoring job on ``binaryFile`` to Parquet: one task at a time on the GPU,
+    ``workers`` decoding threads. Returns the output folder."""
+    from pyspark.sql import functions as F
+
+    from spark_jobs.score import ScoringOptions, score_images
+
+    images = (
+        spark.read.format("binaryFile")
+        .option("pathGlobFilter", "*.jpg")
+        .load(str(folder))
+        .select(F.element_at(F.split("path", "/"), -1).alias("image_id"), "path", "content")
+    )
+    payload = spark.sparkContext.broadcast({"manifest": version.manifest.to_dict(), "weights": version.weights})
+    options = ScoringOptions(
+        batch_size=batch_size,
+        decode="prefetch",
+        decode_workers=workers,
+        mixed_precision=True,
+        device="cuda" if device.startswith("cuda") else "cpu",
+    )
+    predictions = score_images(images, payload, run_id="gpu-bench", options=options)
+    predictions.select("image_id", "probabilities").write.mode("overwrite").parquet(str(out))
+    return out
+
+
+def read_spark_output(out: Path, files: list[Path]) -> np.ndarray:
+    """The job's probabilities in the order of ``files``."""
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(str(out), format="parquet").to_table().to_pylist()
+    by_id = {row["image_id"]: row["probabilities"] for row in table}
+    return np.asarray([by_id[f.name] for f in files], dtype=np.float32)
+
+
+def start_spark(batch_size: int, workers: int) -> Any:
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    spark = (
+        SparkSession.builder.master("local[1]")  # one task at a time: one executor slot per GPU
+        .appName("rescore-gpu-bench")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", "8g")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.sql.files.maxPartitionBytes", str(64 << 20))
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return str(torch.cuda.get_device_name(torch.device(device)))
+    return platform.processor() or platform.machine()
+
+
+def summarise(name: str, seconds: list[float], images: int, reference: float | None) -> dict[str, Any]:
+    rates = [images / s for s in seconds]
+    median = statistics.median(rates)
+    return {
+        "method": name,
+        "images": images,
+        "seconds": seconds,
+        "images_per_s_best": max(rates),
+        "images_per_s_median": median,
+        "ratio_to_pytorch_loop": None if reference is None else median / reference,
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [
+        "# GPU benchmark",
+        "",
+        "Generated by `python -m include.bench.gpu` into `results.json` beside this page; do not edit by hand.",
+        "",
+        f"- **Device:** {results['device_name']} (`{results['device']}`), {results['cpus']} CPU cores, "
+        f"{results['workers']} decoding workers per method",
+        f"- **Model:** ResNet-50, 224 px, float16 autocast, channels-last; batch size {results['batch_size']}",
+        f"- **Images:** {results['images']} generated photo-like JPEGs; "
+        f"{results['rounds']} timed rounds after a warm-up",
+        f"- **Run:** {results['created_at']}",
+        "",
+        "| method | images/s (median) | images/s (best) | × PyTorch loop |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for row in results["methods"]:
+        ratio = row["ratio_to_pytorch_loop"]
+        lines.append(
+            f"| {row['method']} | {row['images_per_s_median']:,.1f} | {row['images_per_s_best']:,.1f} "
+            f"| {'–' if ratio is None else f'{ratio:.2f}'} |"
+        )
+    target = results["target"]
+    verdict = "met" if target["met"] else f"**missed** by {target['threshold'] - target['value']:.2f}"
+    lines += [
+        "",
+        f"Target: Rescore's job at least {target['threshold']} of the PyTorch loop: "
+        f"{target['value']:.2f}, {verdict}. Agreement with the loop: max probability difference "
+        f"{results['max_probability_diff']:.1e}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m include.bench.gpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default=None, help="cuda, cuda:<n> or cpu (default: cuda when available)")
+    parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding workers")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=20261128)
+    parser.add_argument("--workdir", type=Path, default=None, help="default: $RESCORE_HOME/bench-gpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "gpu")
+    parser.add_argument("--skip-spark", action="store_true", help="only the in-process methods")
+    args = parser.parse_args(argv)
+    if min(args.images, args.batch_size, args.rounds) < 1 or args.workers < 0:
+        parser.error("--images, --batch-size and --rounds must be at least 1, --workers at least 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    import torch
+
+    multiprocessing.set_forkserver_preload(["numpy", "torch", "PIL.Image", "spark_jobs.images"])
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda:0" if device == "cuda" else device
+    workdir = args.workdir or Path(os.environ.get("RESCORE_HOME", ROOT / "var")) / "bench-gpu"
+    folder = workdir / f"images-{args.seed}-{args.images}"
+    files = sorted(folder.glob("*.jpg")) or generate_images(folder, args.images, args.seed)
+    version = resnet50_version()
+    workers = args.workers
+    runs: dict[str, Callable[[], Any]] = {
+        "pytorch_loop": lambda: pytorch_loop(version, files, device, args.batch_size, workers),
+        "rescore_partition": lambda: rescore_partition(version, files, device, args.batch_size, max(workers, 1)),
+    }
+    if not args.skip_spark:
+        spark = start_spark(args.batch_size, workers)
+        spark_out = workdir / "out" / "rescore_spark"
+        runs["rescore_spark"] = lambda: rescore_spark(
+            spark, version, folder, spark_out, device=device, batch_size=args.batch_size, workers=max(workers, 1)
+        )
+    outputs: dict[str, Any] = {}
+    for name, run in runs.items():
+        log.info("warm-up %s", name)
+        outputs[name] = run()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for round_no in range(args.rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - started)
+            log.info("round %d %-18s %6.1f images/s", round_no, name, len(files) / seconds[name][-1])
+    reference = statistics.median(len(files) / s for s in seconds["pytorch_loop"])
+    methods = [summarise(name, seconds[name], len(files), reference) for name in runs]
+    loop = outputs["pytorch_loop"]
+    diffs = [float(np.abs(loop - outputs["rescore_partition"]).max())]
+    if "rescore_spark" in outputs:
+        diffs.append(float(np.abs(loop - read_spark_output(outputs["rescore_spark"], files)).max()))
+    job = "rescore_spark" if "rescore_spark" in runs else "rescore_partition"
+    value = next(m["ratio_to_pytorch_loop"] for m in methods if m["method"] == job)
+    results = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": device,
+        "device_name": device_name(device),
+        "cpus": os.cpu_count(),
+        "workers": workers,
+        "images": len(files),
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "methods": methods,
+        "max_probability_diff": max(diffs),
+        "agree": max(diffs) <= 1e-2,  # float16 autocast in every method: same kernels, small drift
+        "target": {"method": job, "threshold": TARGET_RATIO, "value": value, "met": value >= TARGET_RATIO},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "README.md").write_text(render(results))
+    log.info("wrote %s", args.out / "README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
