@@ -253,3 +253,22 @@ def test_a_device_option_overrides_what_spark_assigned_and_bad_names_are_refused
     assert ScoringOptions(device="cpu").task_device("cuda:0") == "cpu"
     with pytest.raises(Exception, match="device 'gpu0' is unknown: use auto, cpu, cuda or cuda:<n>"):
         ScoringOptions(device="gpu0")
+
+
+def test_building_a_predictor_freezes_what_is_alive_out_of_the_cyclic_collector(tmp_path: Path) -> None:
+    import gc
+
+    from spark_jobs import score
+
+    manifest = _manifest("frozen", tmp_path)
+    payload = {"manifest": manifest.to_dict(), "weights": b""}
+    options = ScoringOptions(builder=counting_builder)
+    gc.unfreeze()
+    try:
+        predictor = score.get_predictor(payload, options, "cpu", 1)
+        # the model and everything built before it are frozen; a second call reuses it
+        assert gc.get_freeze_count() > 0
+        assert score.get_predictor(payload, options, "cpu", 1) is predictor
+    finally:
+        gc.unfreeze()
+        score._PREDICTORS.clear()
