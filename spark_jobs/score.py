@@ -122,7 +122,7 @@ class ScoringOptions:
             return self.decode
         return "prefetch" if device.startswith("cuda") else "inline"
 
-    def task_device(self, assigned: str) -> str:
+    def device_for(self, assigned: str) -> str:
         """The device a task runs on, given the one Spark ``assigned`` (``cpu`` when none)."""
         if self.device == "auto":
             return assigned
@@ -422,7 +422,7 @@ def make_score_udf(model: Broadcast[dict[str, Any]], options: ScoringOptions | N
     @pandas_udf(PREDICTION_STRUCT)  # type: ignore[call-overload]
     def score_batches(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:  # noqa: UP006
         assigned, cpus = task_device()
-        device = opts.task_device(assigned)
+        device = opts.device_for(assigned)
         predictor = get_predictor(model.value, opts, device, cpus)
         yield from score_partition(batches, predictor, opts, device=device, cpus=cpus)
 

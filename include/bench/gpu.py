@@ -38,25 +38,20 @@ from typing import Any, cast
 import numpy as np
 
 from include.bench.data import generate_images
+from include.bench.methods import decode
+from include.bench.models import IMAGENET_MEAN, IMAGENET_STD, random_state
 from spark_jobs.model_store import Manifest, ModelVersion
 
 log = logging.getLogger("rescore.bench.gpu")
 ROOT = Path(__file__).resolve().parents[2]
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 #: Rescore's job against the pure-PyTorch loop on the same GPU (issue: at least 0.80).
 TARGET_RATIO = 0.80
 
 
 def resnet50_version(labels: int = 1000, seed: int = 0) -> ModelVersion:
     """ResNet-50 at 224 px with random weights from ``seed``, as a publishable version."""
-    import torch
     from safetensors.torch import save
 
-    from spark_jobs.models.torch_nets import build_network
-
-    torch.manual_seed(seed)
-    state = {k: v.contiguous() for k, v in build_network("resnet50", labels).state_dict().items()}
     manifest = Manifest(
         name="bench_resnet50",
         framework="pytorch",
@@ -67,7 +62,7 @@ def resnet50_version(labels: int = 1000, seed: int = 0) -> ModelVersion:
         std=IMAGENET_STD,
         version="1",
     )
-    return ModelVersion(manifest, save(state))
+    return ModelVersion(manifest, save(random_state("resnet50", labels, seed)))
 
 
 class _Files:
@@ -75,18 +70,13 @@ class _Files:
 
     def __init__(self, files: list[Path], manifest: Manifest) -> None:
         self.files = files
-        self.manifest = manifest
+        self.manifest = manifest.to_dict()
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        from spark_jobs.images import decode_for_model
-
-        m = self.manifest
-        mean = (m.mean[0], m.mean[1], m.mean[2])
-        std = (m.std[0], m.std[1], m.std[2])
-        return decode_for_model(self.files[index].read_bytes(), m.input_size, mean, std)
+        return decode(self.manifest, self.files[index].read_bytes())
 
 
 def pytorch_loop(version: ModelVersion, files: list[Path], device: str, batch_size: int, workers: int) -> np.ndarray:

@@ -62,22 +62,27 @@ def _small_cnn(store: ModelStore) -> ModelVersion:
     return store.read("bench_small_cnn")
 
 
-def _resnet18(store: ModelStore) -> ModelVersion:
+def random_state(architecture: str, classes: int, seed: int) -> dict[str, Any]:
+    """A project architecture's state dict with random weights from ``seed`` (no downloads)."""
     import torch
-    from safetensors.torch import save_file
 
     from spark_jobs.models.torch_nets import build_network
+
+    torch.manual_seed(seed)
+    return {k: v.contiguous() for k, v in build_network(architecture, classes).state_dict().items()}
+
+
+def _resnet18(store: ModelStore) -> ModelVersion:
+    from safetensors.torch import save_file
 
     classes = 10
     recipe: dict[str, Any] = {"seed": 0, "classes": classes, "weights": "random"}
     found = _published(store, "bench_resnet18", recipe)
     if found:
         return found
-    torch.manual_seed(recipe["seed"])
-    network = build_network("resnet18", classes).eval()
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "model.safetensors"
-        save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(weights))
+        save_file(random_state("resnet18", classes, recipe["seed"]), str(weights))
         manifest = Manifest(
             name="bench_resnet18",
             framework="pytorch",

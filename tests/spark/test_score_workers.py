@@ -246,11 +246,11 @@ def test_decode_workers_default_to_the_task_cores_and_bound_what_is_held() -> No
 
 
 def test_a_device_option_overrides_what_spark_assigned_and_bad_names_are_refused() -> None:
-    assert ScoringOptions().task_device("cuda:1") == "cuda:1"
-    assert ScoringOptions().task_device("cpu") == "cpu"
-    assert ScoringOptions(device="cuda").task_device("cpu") == "cuda:0"
-    assert ScoringOptions(device="cuda:2").task_device("cpu") == "cuda:2"
-    assert ScoringOptions(device="cpu").task_device("cuda:0") == "cpu"
+    assert ScoringOptions().device_for("cuda:1") == "cuda:1"
+    assert ScoringOptions().device_for("cpu") == "cpu"
+    assert ScoringOptions(device="cuda").device_for("cpu") == "cuda:0"
+    assert ScoringOptions(device="cuda:2").device_for("cpu") == "cuda:2"
+    assert ScoringOptions(device="cpu").device_for("cuda:0") == "cpu"
     with pytest.raises(Exception, match="device 'gpu0' is unknown: use auto, cpu, cuda or cuda:<n>"):
         ScoringOptions(device="gpu0")
 
