@@ -48,25 +48,52 @@ def render_photo(rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(pil, dtype=np.float32) + grain, 0, 255).astype(np.uint8))
 
 
-def generate_images(folder: Path, count: int, seed: int) -> list[Path]:
-    """``count`` JPEGs in ``folder`` (reused when a previous run wrote the same seed and count)."""
-    wanted = {"count": count, "seed": seed, "version": 1}
+def generate_images(folder: Path, count: int, seed: int, processes: int | None = None) -> list[Path]:
+    """``count`` JPEGs in ``folder`` (reused when a previous run wrote the same seed and count).
+
+    Without ``processes``, one random stream renders the images in order (the CPU benchmark's
+    images). With ``processes``, image ``i`` gets its own stream seeded by ``(seed, i)`` and a pool of
+    that many processes renders them: the same files for any number of processes, different files
+    from the single-stream ones (a many-core machine generates thousands in seconds, not minutes).
+    """
+    scheme = "stream" if processes is None else "per-image"
+    wanted = {"count": count, "seed": seed, "version": 1, "scheme": scheme}
     stamp = folder / STAMP
-    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
+    if stamp.exists() and json.loads(stamp.read_text()) in (wanted, _legacy_stamp(wanted)):
         return sorted(folder.glob("*.jpg"))
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    files = []
-    for i in range(count):
-        buf = io.BytesIO()
-        render_photo(rng).save(buf, format="JPEG", quality=int(rng.integers(80, 93)))
-        path = folder / f"img_{i:06d}.jpg"
-        path.write_bytes(buf.getvalue())
-        files.append(path)
+    if processes is None:
+        rng = np.random.default_rng(seed)
+        files = [_write(folder, i, rng) for i in range(count)]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=max(1, processes)) as pool:
+            files = list(pool.map(_write_seeded, [(folder, i, seed) for i in range(count)], chunksize=64))
     stamp.write_text(json.dumps(wanted))
     log.info("generated %d photo-like JPEGs in %s", count, folder)
     return files
+
+
+def _legacy_stamp(wanted: dict[str, object]) -> dict[str, object] | None:
+    """Folders written before the scheme was recorded hold single-stream images."""
+    if wanted["scheme"] != "stream":
+        return None
+    return {k: v for k, v in wanted.items() if k != "scheme"}
+
+
+def _write(folder: Path, index: int, rng: np.random.Generator) -> Path:
+    buf = io.BytesIO()
+    render_photo(rng).save(buf, format="JPEG", quality=int(rng.integers(80, 93)))
+    path = folder / f"img_{index:06d}.jpg"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def _write_seeded(job: tuple[Path, int, int]) -> Path:
+    folder, index, seed = job
+    return _write(folder, index, np.random.default_rng([seed, index]))
 
 
 def link_set(files: list[Path], folder: Path, copies: int = 1) -> Path:

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda:0" if device == "cuda" else device
     workdir = args.workdir or Path(os.environ.get("RESCORE_HOME", ROOT / "var")) / "bench-gpu"
     folder = workdir / f"images-{args.seed}-{args.images}"
-    files = sorted(folder.glob("*.jpg")) or generate_images(folder, args.images, args.seed)
+    files = generate_images(folder, args.images, args.seed, processes=os.cpu_count())
     version = resnet50_version()
     workers = args.workers
     runs: dict[str, Callable[[], Any]] = {

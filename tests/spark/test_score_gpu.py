@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
 from spark_jobs.model_store import Manifest, ModelVersion
-from spark_jobs.score import ScoringOptions, task_device
+from spark_jobs.score import ScoringOptions, score_images, task_device
+from tests.spark._scoring_helpers import images_frame, reference_pixels, write_samples
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 pytestmark = [pytest.mark.spark, pytest.mark.gpu]
 
@@ -86,3 +91,38 @@ def test_convolutions_run_channels_last_on_the_gpu() -> None:
     conv = next(m for m in predictor.network.modules() if isinstance(m, torch.nn.Conv2d))  # type: ignore[attr-defined]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert conv.weight.device.type == "cuda"
+
+
+@needs_cuda
+@pytest.mark.parametrize("mixed_precision", [False, True])
+def test_the_spark_job_on_the_gpu_matches_a_cpu_forward_pass(
+    spark: SparkSession, tmp_path: Path, mixed_precision: bool
+) -> None:
+    import torch
+    from safetensors.torch import load
+
+    from spark_jobs.models.torch_nets import SmallCNN
+
+    # Given sample images and a small CNN, scored by the Spark job on the GPU (prefetch decoding)
+    files = write_samples(tmp_path / "images", count=24, seed=5)
+    version = _version(seed=1)
+    payload = spark.sparkContext.broadcast({"manifest": version.manifest.to_dict(), "weights": version.weights})
+    options = ScoringOptions(batch_size=5, device="cuda", mixed_precision=mixed_precision)
+    try:
+        frame = score_images(images_frame(spark, files), payload, run_id="gpu", options=options)
+        rows = {row["image_id"]: row.asDict(recursive=True) for row in frame.collect()}
+    finally:
+        payload.unpersist()
+
+    # Then every image's probabilities equal the network run on the CPU on independently decoded pixels
+    net = SmallCNN(4)
+    net.load_state_dict(load(version.weights))
+    net.eval()
+    manifest = version.manifest
+    batch = np.stack([reference_pixels(f, 64, manifest.mean, manifest.std).transpose(2, 0, 1) for f in files])
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(batch)), dim=1).numpy()
+    assert set(rows) == {f.name for f in files}
+    for i, f in enumerate(files):
+        assert rows[f.name]["error"] is None
+        np.testing.assert_allclose(rows[f.name]["probabilities"], expected[i], atol=2e-2 if mixed_precision else 1e-3)

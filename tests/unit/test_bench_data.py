@@ -20,6 +20,18 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     assert first != other
 
 
+def test_per_image_seeds_give_the_same_files_for_any_number_of_processes(tmp_path: Path) -> None:
+    one = [p.read_bytes() for p in generate_images(tmp_path / "p1", 5, seed=5, processes=1)]
+    two = [p.read_bytes() for p in generate_images(tmp_path / "p2", 5, seed=5, processes=2)]
+    stream = [p.read_bytes() for p in generate_images(tmp_path / "s", 5, seed=5)]
+    assert one == two
+    assert len(set(one)) == 5
+    # A folder is reused only for the scheme that wrote it.
+    assert one != stream
+    again = generate_images(tmp_path / "s", 5, seed=5, processes=2)
+    assert [p.read_bytes() for p in again] == one
+
+
 def test_images_are_photo_sized_jpegs_that_compress_like_photos(tmp_path: Path) -> None:
     files = generate_images(tmp_path / "img", 6, seed=1)
     for path in files:
