@@ -392,6 +392,8 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
         "uniform, so for them the agreement check rests on the probability tolerance more than on the argmax.",
         "- On a machine shared with other work, compare methods within one run (they are interleaved), "
         "not across runs.",
+        "- GPU: `make bench-gpu` on a machine with a CUDA GPU measures ResNet-50 in float16 against a "
+        "pure-PyTorch loop; its results are in [gpu/README.md](gpu/README.md), with the device named.",
     ]
     lines += [
         "",
