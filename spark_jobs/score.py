@@ -364,23 +364,53 @@ def _decoded_in_pool(
 ) -> Iterator[DecodedBatch]:
     """Decode model batches on ``workers`` threads, yielding them in input order; at most
     ``depth + workers`` batches are submitted and not yet handed to the consumer, so the pool
-    keeps decoding while the consumer runs the model on the previous batch."""
+    keeps decoding while the consumer runs the model on the previous batch.
+
+    Each batch is cut into ``workers`` slices decoded side by side: a partition of a few batches
+    (a task's share of a small table, or its last batches) still keeps every thread busy, and the
+    first batch is ready after a slice's time, not a whole batch's."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
     window = depth + workers
-    pending: deque[Future[DecodedBatch]] = deque()
+    pending: deque[list[Future[DecodedBatch]]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="rescore-decode") as pool:
         try:
             for contents, paths in batches:
-                pending.append(pool.submit(decode_batch, manifest, contents, paths))
+                step = max(1, -(-len(contents) // workers))
+                pending.append(
+                    [
+                        pool.submit(decode_batch, manifest, contents.iloc[i : i + step], paths.iloc[i : i + step])
+                        for i in range(0, len(contents), step)
+                    ]
+                )
                 if len(pending) >= window:
-                    yield pending.popleft().result()
+                    yield _joined_slices([part.result() for part in pending.popleft()])
             while pending:
-                yield pending.popleft().result()
+                yield _joined_slices([part.result() for part in pending.popleft()])
         finally:
-            for future in pending:  # the consumer stopped early or a decode failed
-                future.cancel()
+            for parts in pending:  # the consumer stopped early or a decode failed
+                for part in parts:
+                    part.cancel()
+
+
+def _joined_slices(parts: list[DecodedBatch]) -> DecodedBatch:
+    """One batch from its consecutive slices (row numbers shifted to the whole batch's)."""
+    import numpy as np
+
+    if len(parts) == 1:
+        return parts[0]
+    offset = 0
+    ok_rows: list[int] = []
+    errors: list[str | None] = []
+    pixels = []
+    for part in parts:
+        ok_rows.extend(offset + row for row in part.ok_rows)
+        errors.extend(part.errors)
+        if part.pixels is not None:
+            pixels.append(part.pixels)
+        offset += part.size
+    return DecodedBatch(offset, np.concatenate(pixels) if pixels else None, ok_rows, errors)
 
 
 def score_partition(

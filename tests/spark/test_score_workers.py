@@ -230,7 +230,45 @@ def test_the_decode_pool_decodes_batches_at_once_and_yields_them_in_input_order(
     assert len({name for name in calls if name.startswith("rescore-decode")}) >= 2
     errors = [e for frame in frames for e in frame["error"]]
     assert [re.search(r"mem://\d+/\d+", e).group(0) for e in errors] == [n for row in names for n in row]  # type: ignore[union-attr]
-    assert len(calls) == 15
+    assert len(calls) == 30  # 15 batches of 2 rows, each cut into slices of one row for three threads
+
+
+def test_one_batch_is_decoded_by_every_thread_and_joined_in_row_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spark_jobs import score
+
+    real_decode = score.decode_batch
+    all_started = threading.Barrier(3, timeout=20)
+    threads: set[str] = set()
+
+    def gated_decode(manifest: Manifest, contents: pd.Series, paths: pd.Series):  # type: ignore[no-untyped-def]
+        threads.add(threading.current_thread().name)
+        all_started.wait()  # raises BrokenBarrierError unless three slices decode at the same time
+        return real_decode(manifest, contents, paths)
+
+    # Given one batch of 8 images, the fourth and seventh of which do not decode
+    contents = [_png(i) for i in range(8)]
+    contents[3] = contents[6] = b"not an image"
+    paths = [f"mem://0/{i}" for i in range(8)]
+    manifest = _manifest("slices", tmp_path)
+    serial = score.decode_batch(manifest, pd.Series(contents), pd.Series(paths))
+    monkeypatch.setattr(score, "decode_batch", gated_decode)
+
+    # When a pool of three threads decodes it
+    (joined,) = list(score._decoded_in_pool(iter([(pd.Series(contents), pd.Series(paths))]), manifest, 3, 1))
+
+    # Then three threads worked on it and the joined batch equals the one-thread decoding
+    assert len(threads) == 3
+    assert joined.size == 8
+    assert joined.ok_rows == serial.ok_rows == [0, 1, 2, 4, 5, 7]
+    assert [i for i, e in enumerate(joined.errors) if e] == [i for i, e in enumerate(serial.errors) if e] == [3, 6]
+    assert [e[: len("cannot decode mem://0/3")] for e in joined.errors if e] == [
+        "cannot decode mem://0/3",
+        "cannot decode mem://0/6",
+    ]
+    assert joined.pixels is not None and serial.pixels is not None
+    np.testing.assert_array_equal(joined.pixels, serial.pixels)
 
 
 def test_decode_workers_default_to_the_task_cores_and_bound_what_is_held() -> None:
