@@ -81,23 +81,15 @@ class _Files:
 
 def pytorch_loop(version: ModelVersion, files: list[Path], device: str, batch_size: int, workers: int) -> np.ndarray:
     """The reference: DataLoader workers decode into pinned memory, the GPU scores float16
-    channels-last batches; the same network object and weights as Rescore's predictor."""
+    channels-last batches; the same network object and weights as Rescore's predictor. The
+    loader and its worker processes are made once and reused by every round, as Spark reuses its
+    Python workers and their cached model: neither side pays its start-up in a timed round."""
     import torch
-    from torch.utils.data import DataLoader
 
     network = _predictor(version, device).network
     target = torch.device(device)
     cuda = target.type == "cuda"
-    loader: DataLoader[Any] = DataLoader(
-        cast(Any, _Files(files, version.manifest)),
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=cuda,
-        prefetch_factor=4 if workers else None,
-        # Forked from a clean server process: a plain fork would copy the driver's Py4J socket to
-        # Spark, and each exiting worker would close it under the driver.
-        multiprocessing_context=multiprocessing.get_context("forkserver") if workers else None,
-    )
+    loader = _loader(version, files, cuda, batch_size, workers)
     parts = []
     with torch.inference_mode():
         for batch in loader:
@@ -108,6 +100,28 @@ def pytorch_loop(version: ModelVersion, files: list[Path], device: str, batch_si
                 logits = network(inputs)
             parts.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(parts)
+
+
+_LOADERS: dict[tuple[int, bool, int, int], Any] = {}
+
+
+def _loader(version: ModelVersion, files: list[Path], cuda: bool, batch_size: int, workers: int) -> Any:
+    from torch.utils.data import DataLoader
+
+    key = (id(files), cuda, batch_size, workers)
+    if key not in _LOADERS:
+        _LOADERS[key] = DataLoader(
+            cast(Any, _Files(files, version.manifest)),
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=cuda,
+            prefetch_factor=4 if workers else None,
+            persistent_workers=workers > 0,
+            # Forked from a clean server process: a plain fork would copy the driver's Py4J socket to
+            # Spark, and each exiting worker would close it under the driver.
+            multiprocessing_context=multiprocessing.get_context("forkserver") if workers else None,
+        )
+    return _LOADERS[key]
 
 
 _PREDICTORS: dict[str, Any] = {}
