@@ -263,12 +263,16 @@ def read_files(spark: SparkSession, folder: Path, partitions: int) -> DataFrame:
 
 
 def run_rescore(ctx: BenchContext, model_key: str, images: DataFrame, out: Path) -> None:
-    from spark_jobs.score import ScoringOptions, score_images
+    """Rescore's job as spark_jobs.score writes it: every contract column into the version's
+    partition folder, named by path (not ``partitionBy``, which would add a sort per task)."""
+    from spark_jobs.score import ScoringOptions, conform_predictions, score_images
 
+    manifest = ctx.payloads[model_key].value["manifest"]
     options = ScoringOptions(batch_size=ctx.batch_size)
-    score_images(images, ctx.payloads[model_key], run_id="bench", options=options).write.mode("overwrite").partitionBy(
-        "model_name", "model_version"
-    ).parquet(str(out))
+    scored = score_images(images, ctx.payloads[model_key], run_id="bench", options=options)
+    conform_predictions(scored.drop("model_name", "model_version")).write.mode("overwrite").parquet(
+        str(out / f"model_name={manifest['name']}" / f"model_version={manifest['version']}")
+    )
 
 
 def _decode_column(bc: Broadcast[dict[str, Any]]) -> Callable[..., Any]:

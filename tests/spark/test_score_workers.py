@@ -165,21 +165,26 @@ def _arrow_batches(count: int, rows: int, consumed: list[int]):  # type: ignore[
 def test_score_partition_yields_before_reading_ahead_more_than_the_bound(
     tmp_path: Path, decode: str, workers: int
 ) -> None:
-    # Given 50 Arrow batches of 4 rows, a batch size of 2 and a consumer that stops after each result
+    # Given 50 Arrow batches of 4 rows, a batch size of 2, frames of 6 rows back to Spark, and a
+    # consumer that stops after each frame
     consumed: list[int] = []
     held = HeldBatches()
-    options = ScoringOptions(batch_size=2, decode=decode, prefetch=3, decode_workers=workers)
+    options = ScoringOptions(batch_size=2, decode=decode, prefetch=3, decode_workers=workers, output_rows=6)
     predictor = CountingPredictor(_manifest("direct", tmp_path))
     results = score_partition(_arrow_batches(50, 4, consumed), predictor, options, held=held)
 
     # When the consumer takes results one at a time
     seen = 0
+    sizes = []
     for frame in results:
         seen += len(frame)
-        # Then the UDF never holds more than the bound, nor reads far ahead of what it has yielded
-        assert 1 <= held.held <= options.max_held_batches("cpu")
-        assert len(consumed) * 4 <= seen + options.max_held_batches("cpu") * 2 + 4
+        sizes.append(len(frame))
+        # Then the UDF never holds more than the bound of batches with images, nor reads further
+        # ahead of what it has yielded than those batches, one frame and one Arrow batch
+        assert 0 <= held.held <= options.max_held_batches("cpu")
+        assert len(consumed) * 4 <= seen + options.max_held_batches("cpu") * 2 + options.output_rows + 4
     assert seen == 200
+    assert sizes == [6] * 33 + [2]  # frames of output_rows rows; batches are not cut, the rest at the end
     assert held.batches == 100
     assert held.max_held <= options.max_held_batches("cpu")
     assert held.held == 0
