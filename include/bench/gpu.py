@@ -217,6 +217,17 @@ def start_spark(batch_size: int, workers: int) -> Any:
     return spark
 
 
+def agreement(reference: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Share of images with the reference's argmax, and the largest probability difference."""
+    if reference.shape != probabilities.shape:
+        raise ValueError(f"predictions of shape {probabilities.shape} cannot be compared with {reference.shape}")
+    same = reference.argmax(axis=1) == probabilities.argmax(axis=1)
+    return {
+        "argmax_agreement": float(same.mean()),
+        "max_probability_diff": float(np.abs(reference - probabilities).max()),
+    }
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         import torch
@@ -251,22 +262,24 @@ def render(results: dict[str, Any]) -> str:
         f"{results['rounds']} timed rounds after a warm-up",
         f"- **Run:** {results['created_at']}",
         "",
-        "| method | images/s (median) | images/s (best) | × PyTorch loop |",
-        "| --- | ---: | ---: | ---: |",
+        "| method | images/s (median) | images/s (best) | × PyTorch loop | argmax agreement | max prob. diff |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in results["methods"]:
         ratio = row["ratio_to_pytorch_loop"]
         lines.append(
             f"| {row['method']} | {row['images_per_s_median']:,.1f} | {row['images_per_s_best']:,.1f} "
-            f"| {'–' if ratio is None else f'{ratio:.2f}'} |"
+            f"| {'–' if ratio is None else f'{ratio:.2f}'} | {row['argmax_agreement']:.1%} "
+            f"| {row['max_probability_diff']:.1e} |"
         )
     target = results["target"]
     verdict = "met" if target["met"] else f"**missed** by {target['threshold'] - target['value']:.2f}"
     lines += [
         "",
         f"Target: Rescore's job at least {target['threshold']} of the PyTorch loop: "
-        f"{target['value']:.2f}, {verdict}. Agreement with the loop: max probability difference "
-        f"{results['max_probability_diff']:.1e}.",
+        f"{target['value']:.2f}, {verdict}. Agreement with the loop: "
+        f"{'yes' if results['agree'] else '**no**'} (every method's argmax on at least 99% of images, "
+        f"probabilities within 2e-2 under float16).",
         "",
     ]
     return "\n".join(lines)
@@ -326,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     reference = statistics.median(len(files) / s for s in seconds["pytorch_loop"])
     methods = [summarise(name, seconds[name], len(files), reference) for name in runs]
     loop = outputs["pytorch_loop"]
-    diffs = [float(np.abs(loop - outputs["rescore_partition"]).max())]
     if "rescore_spark" in outputs:
-        diffs.append(float(np.abs(loop - read_spark_output(outputs["rescore_spark"], files)).max()))
+        outputs["rescore_spark"] = read_spark_output(outputs["rescore_spark"], files)
+    for method in methods:
+        method.update(agreement(loop, outputs[method["method"]]))
+    diffs = [m["max_probability_diff"] for m in methods if m["method"] != "pytorch_loop"]
     job = "rescore_spark" if "rescore_spark" in runs else "rescore_partition"
     value = next(m["ratio_to_pytorch_loop"] for m in methods if m["method"] == job)
     results = {
@@ -343,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "methods": methods,
         "max_probability_diff": max(diffs),
-        "agree": max(diffs) <= 1e-2,  # float16 autocast in every method: same kernels, small drift
+        # float16 autocast in every method; batches composed differently (Spark's partitions) round
+        # differently, so the argmax decides, with a loose bound on the probabilities
+        "agree": all(m["argmax_agreement"] >= 0.99 for m in methods) and max(diffs) <= 2e-2,
         "target": {"method": job, "threshold": TARGET_RATIO, "value": value, "met": value >= TARGET_RATIO},
     }
     args.out.mkdir(parents=True, exist_ok=True)
