@@ -147,7 +147,7 @@ class ScoringOptions:
         workers = self.workers(cpus)
         if workers == 1:
             return self.prefetch + 2  # the queue, the one the thread decodes, the one scored
-        return self.prefetch + workers  # submitted to the pool (decoding or done), and the one scored
+        return self.prefetch + 1  # submitted to the pool (decoding or done), and the one scored
 
 
 class HeldBatches:
@@ -374,16 +374,17 @@ def _decoded_in_pool(
     batches: Iterator[tuple[pd.Series, pd.Series]], manifest: Manifest, workers: int, depth: int
 ) -> Iterator[DecodedBatch]:
     """Decode model batches on ``workers`` threads, yielding them in input order; at most
-    ``depth + workers`` batches are submitted and not yet handed to the consumer, so the pool
-    keeps decoding while the consumer runs the model on the previous batch.
+    ``depth + 1`` batches are submitted and not yet handed to the consumer, so the pool keeps
+    decoding ``depth`` batches while the consumer runs the model on the previous one.
 
-    Each batch is cut into ``workers`` slices decoded side by side: a partition of a few batches
-    (a task's share of a small table, or its last batches) still keeps every thread busy, and the
-    first batch is ready after a slice's time, not a whole batch's."""
+    Each batch is cut into ``workers`` slices decoded side by side: every thread works on every
+    batch, so a partition of a few batches (a task's share of a small table, or its last batches)
+    still keeps them all busy, the first batch is ready after a slice's time, not a whole batch's,
+    and the pool needs no more batches in flight than one thread would."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    window = depth + workers
+    window = depth + 1
     pending: deque[list[Future[DecodedBatch]]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="rescore-decode") as pool:
         try:

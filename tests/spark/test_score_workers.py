@@ -280,7 +280,7 @@ def test_decode_workers_default_to_the_task_cores_and_bound_what_is_held() -> No
     options = ScoringOptions(decode="prefetch", prefetch=2)
     assert options.workers(4) == 4
     assert options.workers(None) == 1
-    assert options.max_held_batches("cuda:0", cpus=4) == 6
+    assert options.max_held_batches("cuda:0", cpus=4) == 3  # a pool decodes each batch in slices
     assert options.max_held_batches("cuda:0", cpus=1) == 4
     assert ScoringOptions(decode="prefetch", decode_workers=2).workers(8) == 2
     assert ScoringOptions().max_held_batches("cpu", cpus=4) == 1
