@@ -2,12 +2,12 @@
 
 The driver reads the version from the model store once and broadcasts manifest + weights; the
 executors never touch the store. An iterator pandas UDF over the image bytes decodes and
-preprocesses each model batch and runs the model on it, yielding that batch's predictions
-before it takes the next, so a Python worker holds a bounded number of batches whatever the
-partition size (:class:`HeldBatches` counts them). On GPU executors background threads (one
-per task core, ``--decode-workers``) decode the next batches while the GPU runs
-(``--decode prefetch``); on CPU executors with one core per
-task decoding inline is faster (``--decode inline``); ``auto`` picks by device.
+preprocesses each model batch and runs the model on it, dropping the batch's images before it
+takes the next and yielding the predictions in frames of a few hundred rows, so a Python worker
+holds a bounded number of batches whatever the partition size (:class:`HeldBatches` counts
+them). On GPU executors background threads (one per task core, ``--decode-workers``) decode the
+next batches while the GPU runs (``--decode prefetch``); on CPU executors with one core per task
+decoding inline is faster (``--decode inline``); ``auto`` picks by device.
 
 The model is built once per Python worker process and reused across tasks and batches (cache
 keyed by model name, version and builder); this relies on ``spark.python.worker.reuse``,

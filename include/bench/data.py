@@ -56,10 +56,11 @@ def generate_images(folder: Path, count: int, seed: int, processes: int | None =
     that many processes renders them: the same files for any number of processes, different files
     from the single-stream ones (a many-core machine generates thousands in seconds, not minutes).
     """
-    scheme = "stream" if processes is None else "per-image"
-    wanted = {"count": count, "seed": seed, "version": 1, "scheme": scheme}
+    wanted: dict[str, object] = {"count": count, "seed": seed, "version": 1}
+    if processes is not None:
+        wanted["scheme"] = "per-image"
     stamp = folder / STAMP
-    if stamp.exists() and json.loads(stamp.read_text()) in (wanted, _legacy_stamp(wanted)):
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return sorted(folder.glob("*.jpg"))
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -74,13 +75,6 @@ def generate_images(folder: Path, count: int, seed: int, processes: int | None =
     stamp.write_text(json.dumps(wanted))
     log.info("generated %d photo-like JPEGs in %s", count, folder)
     return files
-
-
-def _legacy_stamp(wanted: dict[str, object]) -> dict[str, object] | None:
-    """Folders written before the scheme was recorded hold single-stream images."""
-    if wanted["scheme"] != "stream":
-        return None
-    return {k: v for k, v in wanted.items() if k != "scheme"}
 
 
 def _write(folder: Path, index: int, rng: np.random.Generator) -> Path:
