@@ -27,10 +27,13 @@ import logging
 import multiprocessing
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -160,7 +163,8 @@ def rescore_spark(
     spark: Any, version: ModelVersion, folder: Path, out: Path, *, device: str, batch_size: int, workers: int
 ) -> Path:
     """Rescore's scoring job on ``binaryFile`` to Parquet: one task at a time on the GPU,
-    ``workers`` decoding threads. Returns the output folder."""
+    ``workers`` decoding threads. ``device`` is the job's ``--device``: ``auto`` takes the GPU
+    Spark assigned to the task. Returns the output folder."""
     from pyspark.sql import functions as F
 
     from spark_jobs.score import ScoringOptions, score_images
@@ -177,7 +181,7 @@ def rescore_spark(
         decode="prefetch",
         decode_workers=workers,
         mixed_precision=True,
-        device="cuda" if device.startswith("cuda") else "cpu",
+        device=device,
     )
     predictions = score_images(images, payload, run_id="gpu-bench", options=options)
     predictions.select("image_id", "probabilities").write.mode("overwrite").parquet(str(out))
@@ -193,17 +197,21 @@ def read_spark_output(out: Path, files: list[Path]) -> np.ndarray:
     return np.asarray([by_id[f.name] for f in files], dtype=np.float32)
 
 
-def start_spark(batch_size: int, workers: int) -> Any:
+def start_spark(batch_size: int, workers: int, master: str = "local[1]", gpus: int = 0) -> Any:
+    """A session on ``master``: local mode runs one task at a time; on a standalone cluster one
+    executor takes the worker's ``workers`` cores and, with ``gpus``, one GPU per executor and
+    per task (Spark assigns the address: ``TaskContext.resources()["gpu"]``)."""
     from pyspark.sql import SparkSession
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    spark = (
-        SparkSession.builder.master("local[1]")  # one task at a time: one executor slot per GPU
+    builder = (
+        SparkSession.builder.master(master)
         .appName("rescore-gpu-bench")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", "8g")
+        .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
         .config("spark.python.worker.reuse", "true")
@@ -211,10 +219,76 @@ def start_spark(batch_size: int, workers: int) -> Any:
         # Photos are ~20 KiB: the default 4 MiB open cost would cut 15-image partitions.
         .config("spark.sql.files.openCostInBytes", str(64 << 10))
         .config("spark.python.worker.faulthandler.enabled", "true")
-        .getOrCreate()
     )
+    if not master.startswith("local"):
+        cores = str(max(workers, 1))
+        builder = (
+            builder.config("spark.executor.cores", cores)
+            .config("spark.task.cpus", cores)  # one task per executor: it decodes on all its cores
+            .config("spark.executor.memory", "8g")
+            .config("spark.cores.max", cores)
+            .config("spark.executorEnv.PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        )
+        if gpus:
+            builder = builder.config("spark.executor.resource.gpu.amount", str(gpus)).config(
+                "spark.task.resource.gpu.amount", str(gpus)
+            )
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def task_devices(spark: Any) -> list[str]:
+    """The device each of a few tasks was given, as Rescore's UDF reads it (``task_device``)."""
+    from spark_jobs.score import task_device
+
+    slots = max(1, spark.sparkContext.defaultParallelism)
+    return sorted(set(spark.sparkContext.parallelize(range(slots), slots).map(lambda _: task_device()[0]).collect()))
+
+
+class Cluster:
+    """A standalone master and one worker on 127.0.0.1 (``include/cluster.sh``) offering ``cores``
+    and ``gpus``; stopped on exit, whatever happened."""
+
+    def __init__(self, home: Path, cores: int, gpus: int, discovery: Path | None = None) -> None:
+        self.env = {
+            **os.environ,
+            "RESCORE_HOME": str(home),
+            "RESCORE_SPARK_PYTHON": sys.executable,
+            "RESCORE_SPARK_WORKERS": "1",
+            "RESCORE_SPARK_WORKER_CORES": str(cores),
+            "RESCORE_SPARK_WORKER_MEMORY": "9g",
+            "RESCORE_SPARK_WORKER_GPUS": str(gpus),
+            "RESCORE_SPARK_MASTER_PORT": str(_free_port()),
+            "RESCORE_SPARK_MASTER_UI_PORT": str(_free_port()),
+        }
+        if discovery is not None:
+            self.env["RESCORE_SPARK_GPU_DISCOVERY"] = str(discovery.resolve())
+        self.master = f"spark://127.0.0.1:{self.env['RESCORE_SPARK_MASTER_PORT']}"
+        self.home = home
+
+    def _script(self, action: str) -> subprocess.CompletedProcess[str]:
+        script = ROOT / "include" / "cluster.sh"
+        return subprocess.run(
+            [str(script), action], check=False, env=self.env, capture_output=True, text=True, timeout=180
+        )
+
+    def __enter__(self) -> Cluster:
+        done = self._script("up")
+        if done.returncode != 0:
+            self._script("down")
+            logs = self.home / "cluster" / "logs"
+            raise RuntimeError(f"the standalone cluster did not start: {done.stderr.strip()} (logs: {logs})")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._script("down")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def agreement(reference: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
@@ -261,6 +335,7 @@ def render(results: dict[str, Any]) -> str:
         f"- **Images:** {results['images']} generated photo-like JPEGs; "
         f"{results['rounds']} timed rounds after a warm-up",
         f"- **Run:** {results['created_at']}",
+        f"- **Spark:** {_spark_line(results.get('spark'))}",
         "",
         "| method | images/s (median) | images/s (best) | × PyTorch loop | argmax agreement | max prob. diff |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -285,6 +360,18 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _spark_line(spark: dict[str, Any] | None) -> str:
+    if not spark:
+        return "not run (`--skip-spark`)"
+    if spark["mode"] == "local":
+        return f"local mode, one task at a time, `--device {spark['job_device']}`"
+    gpus = f", {spark['executor_gpus']} GPU per executor and per task" if spark["executor_gpus"] else ""
+    return (
+        f"standalone master + one worker on 127.0.0.1, one executor of {spark['executor_cores']} cores{gpus}; "
+        f"`--device {spark['job_device']}`; the device Spark assigned to tasks: {', '.join(spark['task_devices'])}"
+    )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m include.bench.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="cuda, cuda:<n> or cpu (default: cuda when available)")
@@ -296,6 +383,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=None, help="default: $RESCORE_HOME/bench-gpu")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "gpu")
     parser.add_argument("--skip-spark", action="store_true", help="only the in-process methods")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the Spark job on a standalone master + one worker on 127.0.0.1 (include/cluster.sh): one "
+        "executor with --workers cores and, on cuda, one GPU that Spark assigns to each task; "
+        "default: local mode",
+    )
+    parser.add_argument(
+        "--cluster-gpus", type=int, default=None, help="GPUs the worker offers (default: 1 on cuda, else 0)"
+    )
+    parser.add_argument(
+        "--gpu-discovery", type=Path, default=None, help="the worker's GPU discovery script (default: nvidia-smi's)"
+    )
     args = parser.parse_args(argv)
     if min(args.images, args.batch_size, args.rounds) < 1 or args.workers < 0:
         parser.error("--images, --batch-size and --rounds must be at least 1, --workers at least 0")
@@ -319,43 +419,75 @@ def main(argv: list[str] | None = None) -> int:
         "pytorch_loop": lambda: pytorch_loop(version, files, device, args.batch_size, workers),
         "rescore_partition": lambda: rescore_partition(version, files, device, args.batch_size, max(workers, 1)),
     }
-    if not args.skip_spark:
-        spark = start_spark(args.batch_size, workers)
-        spark_out = workdir / "out" / "rescore_spark"
-        runs["rescore_spark"] = lambda: rescore_spark(
-            spark, version, folder, spark_out, device=device, batch_size=args.batch_size, workers=max(workers, 1)
-        )
+    spark_info: dict[str, Any] = {}
+    with ExitStack() as stack:
+        if not args.skip_spark:
+            cores = max(workers, 1)
+            master, gpus, job_device = "local[1]", 0, "cuda" if device.startswith("cuda") else "cpu"
+            if args.cluster:
+                gpus = args.cluster_gpus if args.cluster_gpus is not None else int(device.startswith("cuda"))
+                cluster = stack.enter_context(Cluster(workdir / "cluster", cores, gpus, args.gpu_discovery))
+                master = cluster.master
+                # on a GPU the job takes the address Spark assigned; a CPU rehearsal keeps the CPU
+                job_device = "auto" if device.startswith("cuda") else "cpu"
+            spark = start_spark(args.batch_size, workers, master, gpus)
+            stack.callback(spark.stop)
+            spark_out = workdir / "out" / "rescore_spark"
+            runs["rescore_spark"] = lambda: rescore_spark(
+                spark, version, folder, spark_out, device=job_device, batch_size=args.batch_size, workers=cores
+            )
+            spark_info = {
+                "mode": "standalone" if args.cluster else "local",
+                "master": master,
+                "executor_cores": cores,
+                "executor_gpus": gpus,
+                "job_device": job_device,
+                "task_devices": task_devices(spark),
+            }
+        results = _timed(runs, files, args.rounds)
+    run = {"device": device, "workers": workers, "images": len(files), "torch": torch.__version__}
+    return _report(args, results, run, spark_info)
+
+
+def _timed(runs: dict[str, Callable[[], Any]], files: list[Path], rounds: int) -> dict[str, Any]:
     outputs: dict[str, Any] = {}
     for name, run in runs.items():
         log.info("warm-up %s", name)
         outputs[name] = run()
     seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for round_no in range(args.rounds):
+    for round_no in range(rounds):
         for name, run in runs.items():
             started = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - started)
             log.info("round %d %-18s %6.1f images/s", round_no, name, len(files) / seconds[name][-1])
-    reference = statistics.median(len(files) / s for s in seconds["pytorch_loop"])
-    methods = [summarise(name, seconds[name], len(files), reference) for name in runs]
-    loop = outputs["pytorch_loop"]
     if "rescore_spark" in outputs:
         outputs["rescore_spark"] = read_spark_output(outputs["rescore_spark"], files)
+    return {"seconds": seconds, "outputs": outputs}
+
+
+def _report(args: argparse.Namespace, timed: dict[str, Any], run: dict[str, Any], spark_info: dict[str, Any]) -> int:
+    seconds, outputs = timed["seconds"], timed["outputs"]
+    device, images = run["device"], run["images"]
+    reference = statistics.median(images / s for s in seconds["pytorch_loop"])
+    methods = [summarise(name, seconds[name], images, reference) for name in seconds]
+    loop = outputs["pytorch_loop"]
     for method in methods:
         method.update(agreement(loop, outputs[method["method"]]))
     diffs = [m["max_probability_diff"] for m in methods if m["method"] != "pytorch_loop"]
-    job = "rescore_spark" if "rescore_spark" in runs else "rescore_partition"
+    job = "rescore_spark" if "rescore_spark" in seconds else "rescore_partition"
     value = next(m["ratio_to_pytorch_loop"] for m in methods if m["method"] == job)
     results = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": device,
         "device_name": device_name(device),
         "cpus": os.cpu_count(),
-        "workers": workers,
-        "images": len(files),
+        "workers": run["workers"],
+        "images": images,
         "batch_size": args.batch_size,
         "rounds": args.rounds,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "versions": {"python": platform.python_version(), "torch": run["torch"]},
+        "spark": spark_info or None,
         "methods": methods,
         "max_probability_diff": max(diffs),
         # float16 autocast in every method; batches composed differently (Spark's partitions) round

@@ -4,6 +4,8 @@ the same files with the same weights, and the report names the device and the ta
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,36 @@ def test_agreement_counts_other_argmaxes_and_the_largest_difference() -> None:
     assert result["max_probability_diff"] == pytest.approx(0.15)
     with pytest.raises(ValueError, match="cannot be compared"):
         agreement(reference, other[:3])
+
+
+@pytest.mark.integration
+def test_the_gpu_harness_runs_spark_on_a_standalone_worker_that_offers_a_gpu(tmp_path: Path) -> None:
+    """One executor per GPU: the worker offers one GPU (a discovery script that reports address 0,
+    as nvidia-smi's would on a one-GPU host) and every task is assigned it. The job is told
+    ``--device cpu`` here, so it scores on the CPU of a machine without CUDA."""
+    from include.bench.gpu import main
+
+    discovery = tmp_path / "gpus.sh"
+    discovery.write_text('#!/bin/sh\necho \'{"name": "gpu", "addresses": ["0"]}\'\n')
+    discovery.chmod(0o755)
+    out = tmp_path / "out"
+    args = ["--device", "cpu", "--images", "8", "--batch-size", "4", "--workers", "1", "--rounds", "1"]
+    cluster = ["--cluster", "--cluster-gpus", "1", "--gpu-discovery", str(discovery)]
+    assert main([*args, *cluster, "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["spark"]["mode"] == "standalone"
+    assert results["spark"]["executor_gpus"] == 1
+    # Spark's scheduler gave the task the worker's GPU: what Rescore's UDF reads to pick its device
+    assert results["spark"]["task_devices"] == ["cuda:0"]
+    methods = {m["method"]: m for m in results["methods"]}
+    assert methods["rescore_spark"]["argmax_agreement"] == 1.0
+    assert methods["rescore_spark"]["max_probability_diff"] < 1e-4
+    assert "one executor of 1 cores, 1 GPU per executor and per task" in (out / "README.md").read_text()
+    # the harness stopped the cluster it started: its master's port is closed, no worker runs
+    port = int(results["spark"]["master"].rsplit(":", 1)[1])
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the master still listens"
+    pattern = str(tmp_path / "work" / "cluster")
+    workers = subprocess.run(["pgrep", "-f", pattern], check=False, capture_output=True, text=True)
+    assert workers.stdout == "", f"still running: {workers.stdout}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a portable Spark for a GPU machine that has CUDA PyTorch but no Java and no network
 # (the device machines this project is lent): a jlink'd Java 17 runtime, the PySpark 4.2 jars a
-# local scoring job loads (jars.txt, found with -Xlog:class+load; Hive, MLlib, Connect,
+# scoring job loads in local mode and on a standalone master + worker (jars.txt, found with
+# -Xlog:class+load in the driver, the daemons and the executor; Hive, MLlib, Connect,
 # Kubernetes and RocksDB left out) and PySpark's Python side, in two halves under 64 MiB each:
 #   .devkit/a  JRE + PySpark's Python package + jars, a.sh   (call A: unpack, GPU tests, smoke)
 #   .devkit/b  the five largest jars, b.sh                  (call B, same warm machine: Spark)
