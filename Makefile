@@ -90,7 +90,7 @@ bench: install
 # The GPU benchmark (ResNet-50, 224 px, float16): Rescore's job against a pure-PyTorch loop on
 # the same GPU, results in docs/benchmarks/gpu/ with the device named (BENCH_GPU_ARGS=--help).
 bench-gpu: install
-	$(BIN)/python -m include.bench.gpu --out $(BENCH_OUT)/gpu $(BENCH_GPU_ARGS)
+	$(BIN)/python -m include.bench.gpu --cluster --out $(BENCH_OUT)/gpu $(BENCH_GPU_ARGS)
 
 # Regenerates the lock in a throwaway venv from the human-edited requirements.in.
 lock:

@@ -5,9 +5,10 @@ executors never touch the store. An iterator pandas UDF over the image bytes dec
 preprocesses each model batch and runs the model on it, dropping the batch's images before it
 takes the next and yielding the predictions in frames of a few hundred rows, so a Python worker
 holds a bounded number of batches whatever the partition size (:class:`HeldBatches` counts
-them). On GPU executors background threads (one per task core, ``--decode-workers``) decode the
-next batches while the GPU runs (``--decode prefetch``); on CPU executors with one core per task
-decoding inline is faster (``--decode inline``); ``auto`` picks by device.
+them). On GPU executors a pool of decoding processes (one per task core, ``--decode-workers``,
+``--decode-pool``) decodes the next batches while the GPU runs (``--decode prefetch``); on CPU
+executors with one core per task decoding inline is faster (``--decode inline``); ``auto`` picks
+by device.
 
 The model is built once per Python worker process and reused across tasks and batches (cache
 keyed by model name, version and builder); this relies on ``spark.python.worker.reuse``,
@@ -15,7 +16,7 @@ Spark's default. See docs/inference.md.
 
     spark-submit spark_jobs/score.py --home var --model-name shapes [--model-version 2]
         [--batch-size 64] [--arrow-batch-size 256] [--top-k 3] [--decode auto|inline|prefetch]
-        [--decode-workers 0]
+        [--decode-workers 0] [--decode-pool auto|thread|process]
         [--from-date 2026-01-01] [--to-date 2026-01-31] [--force]
 """
 
@@ -29,11 +30,13 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Tuple  # noqa: UP035 - pandas_udf reads typing.Tuple hints
+from typing import TYPE_CHECKING, Any, NamedTuple, Tuple, cast  # noqa: UP035 - pandas_udf reads typing.Tuple hints
 
 import pandas as pd
 
@@ -70,6 +73,7 @@ DEFAULT_TOP_K = 3
 DEFAULT_PREFETCH = 2
 DEFAULT_OUTPUT_ROWS = 256
 DECODE_MODES = ("auto", "inline", "prefetch")
+DECODE_POOLS = ("auto", "thread", "process")
 
 
 @dataclass(frozen=True)
@@ -82,10 +86,15 @@ class ScoringOptions:
         decodes up to ``prefetch`` batches ahead while the model runs), or ``auto`` (prefetch on
         GPU, inline on CPU).
     :param prefetch: decoded batches queued ahead in ``prefetch`` mode.
-    :param decode_workers: threads decoding in ``prefetch`` mode (Pillow and NumPy release the
-        GIL, so they decode in parallel); 0 means the task's cores (``spark.task.cpus``). One
-        thread cannot feed a GPU: a 224 px ResNet-50 in float16 scores thousands of images per
-        second, one core decodes a few hundred.
+    :param decode_workers: threads or processes decoding in ``prefetch`` mode; 0 means the
+        task's cores (``spark.task.cpus``). One core cannot feed a GPU: a 224 px ResNet-50 in
+        float16 scores thousands of images per second, one core decodes a few hundred.
+    :param decode_pool: what the ``decode_workers`` are: ``thread`` (one process; Pillow's
+        decoding releases the GIL, but resizing and normalising hold it for part of each image,
+        so threads stopped scaling at a few: 16 threads decoded 818 images/s on an H200 host
+        where 16 DataLoader processes decoded 2,287), ``process`` (a pool of worker processes
+        started once per Python worker with forkserver and reused by its tasks, as a DataLoader's
+        persistent workers are), or ``auto`` (processes on GPU with 4 or more workers, else threads).
     :param mixed_precision: float16 autocast on GPU for PyTorch models.
     :param device: ``auto`` (the GPU Spark assigned to the task, else the CPU), ``cpu``, or
         ``cuda`` / ``cuda:<n>`` to use that GPU without Spark's resource scheduling (local mode
@@ -103,6 +112,7 @@ class ScoringOptions:
     decode: str = "auto"
     prefetch: int = DEFAULT_PREFETCH
     decode_workers: int = 0
+    decode_pool: str = "auto"
     mixed_precision: bool = False
     device: str = "auto"
     output_rows: int = DEFAULT_OUTPUT_ROWS
@@ -123,6 +133,8 @@ class ScoringOptions:
             raise JobError(f"output rows must be at least 1, got {self.output_rows}")
         if self.decode_workers < 0:
             raise JobError(f"decode workers must be 0 (the task's cores) or more, got {self.decode_workers}")
+        if self.decode_pool not in DECODE_POOLS:
+            raise JobError(f"decode pool {self.decode_pool!r} is unknown: use one of {DECODE_POOLS}")
 
     def decode_mode(self, device: str) -> str:
         """``inline`` or ``prefetch`` for a task running on ``device``."""
@@ -135,6 +147,14 @@ class ScoringOptions:
         if self.device == "auto":
             return assigned
         return "cuda:0" if self.device == "cuda" else self.device
+
+    def pool_kind(self, device: str, workers: int) -> str:
+        """``thread`` or ``process``: what decodes in ``prefetch`` mode with ``workers`` workers."""
+        if self.decode_pool != "auto":
+            return self.decode_pool
+        # Threads win on a few cores (no hand-over; 2 threads 725 images/s against 640 for 2
+        # processes on 2 cores); on more, the GIL caps them (8 threads 940 on a 16-core host)
+        return "process" if device.startswith("cuda") and workers >= 4 else "thread"
 
     def workers(self, cpus: int | None) -> int:
         """Decoding threads in ``prefetch`` mode for a task with ``cpus`` cores."""
@@ -257,8 +277,17 @@ def decode_batch(manifest: Manifest, contents: pd.Series, paths: pd.Series) -> D
             arrays.append(decode_for_model(_read_bytes(content, path), size, mean, std))
             ok_rows.append(i)
         except Exception as exc:  # one bad image must not fail the partition
-            errors[i] = f"cannot decode {path}: {exc}"
+            errors[i] = f"cannot decode {path}: {_reason(exc)}"
     return DecodedBatch(len(contents), np.stack(arrays) if arrays else None, ok_rows, errors)
+
+
+def _reason(exc: Exception) -> str:
+    """Why an image did not decode, without the in-memory buffer's address Pillow puts in its message."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format Pillow can read (cannot identify image file)"
+    return str(exc)
 
 
 def predict_batch(predictor: Predictor, batch: DecodedBatch, top_k: int) -> pd.DataFrame:
@@ -332,7 +361,7 @@ def _joined(parts: list[pd.Series]) -> pd.Series:
 _DONE = object()
 
 
-def _prefetched(items: Iterator[DecodedBatch], depth: int) -> Iterator[DecodedBatch]:
+def _prefetched(items: Iterator[DecodedBatch], depth: int) -> Generator[DecodedBatch, None, None]:
     """Run ``items`` in a background thread, at most ``depth`` finished items ahead of the consumer."""
     ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -371,45 +400,98 @@ def _prefetched(items: Iterator[DecodedBatch], depth: int) -> Iterator[DecodedBa
 
 
 def _decoded_in_pool(
-    batches: Iterator[tuple[pd.Series, pd.Series]], manifest: Manifest, workers: int, depth: int
-) -> Iterator[DecodedBatch]:
-    """Decode model batches on ``workers`` threads, yielding them in input order; at most
-    ``depth + 1`` batches are submitted and not yet handed to the consumer, so the pool keeps
-    decoding ``depth`` batches while the consumer runs the model on the previous one.
+    batches: Iterator[tuple[pd.Series, pd.Series]], manifest: Manifest, workers: int, depth: int, pool: Executor
+) -> Generator[DecodedBatch, None, None]:
+    """Decode model batches on ``pool`` (``workers`` threads or processes), yielding them in input
+    order; at most ``depth + 1`` batches are submitted and not yet handed to the consumer, so the
+    pool keeps decoding ``depth`` batches while the consumer runs the model on the previous one.
 
-    Each batch is cut into ``workers`` slices decoded side by side: every thread works on every
+    Each batch is cut into ``workers`` slices decoded side by side: every worker works on every
     batch, so a partition of a few batches (a task's share of a small table, or its last batches)
     still keeps them all busy, the first batch is ready after a slice's time, not a whole batch's,
-    and the pool needs no more batches in flight than one thread would."""
+    and the pool needs no more batches in flight than one worker would."""
     from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
 
+    decoder = _decode_for_transfer if isinstance(pool, ProcessPoolExecutor) else decode_batch
     window = depth + 1
     pending: deque[list[Future[DecodedBatch]]] = deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="rescore-decode") as pool:
-        try:
-            for contents, paths in batches:
-                step = max(1, -(-len(contents) // workers))
-                pending.append(
-                    [
-                        pool.submit(decode_batch, manifest, contents.iloc[i : i + step], paths.iloc[i : i + step])
-                        for i in range(0, len(contents), step)
-                    ]
-                )
-                if len(pending) >= window:
-                    yield _joined_slices([part.result() for part in pending.popleft()])
-            while pending:
+    try:
+        for contents, paths in batches:
+            step = max(1, -(-len(contents) // workers))
+            pending.append(
+                [
+                    pool.submit(decoder, manifest, contents.iloc[i : i + step], paths.iloc[i : i + step])
+                    for i in range(0, len(contents), step)
+                ]
+            )
+            if len(pending) >= window:
                 yield _joined_slices([part.result() for part in pending.popleft()])
-        finally:
-            for parts in pending:  # the consumer stopped early or a decode failed
-                for part in parts:
-                    part.cancel()
+        while pending:
+            yield _joined_slices([part.result() for part in pending.popleft()])
+    finally:
+        for parts in pending:  # the consumer stopped early or a decode failed
+            for part in parts:
+                part.cancel()
+
+
+def _decode_for_transfer(manifest: Manifest, contents: pd.Series, paths: pd.Series) -> DecodedBatch:
+    """:func:`decode_batch` in a decoding process. Where PyTorch is installed the pixels go back as
+    a tensor, which its multiprocessing support hands over in shared memory (as a DataLoader's
+    workers do); a NumPy array would be pickled through a pipe, which cost the receiving
+    process about as much CPU as decoding on two cores."""
+    batch = decode_batch(manifest, contents, paths)
+    if batch.pixels is None:
+        return batch
+    try:
+        import torch
+    except ImportError:
+        return batch
+    return batch._replace(pixels=cast("np.ndarray", torch.from_numpy(batch.pixels)))
+
+
+# One pool of decoding processes per Python worker and size, reused by its tasks (like the model).
+_PROCESS_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def decoding_processes(workers: int) -> ProcessPoolExecutor:
+    """The Python worker's pool of ``workers`` decoding processes, started on first use.
+
+    Started with forkserver, not fork: a Spark Python worker holds its sockets to the JVM, and on a
+    GPU a CUDA context, neither of which survives a fork. A pool whose process died (killed, out
+    of memory) is replaced at the next call, so a retried task starts clean."""
+    import multiprocessing
+
+    pool = _PROCESS_POOLS.get(workers)
+    if pool is not None and not getattr(pool, "_broken", False):
+        return pool
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+    from importlib.util import find_spec
+
+    context = multiprocessing.get_context("forkserver")
+    preload = ["numpy", "PIL.Image", "spark_jobs.images", "spark_jobs.score"]
+    # imported once in the server, not in every decoding process (see _decode_for_transfer)
+    context.set_forkserver_preload([*preload, "torch"] if find_spec("torch") else preload)
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    _PROCESS_POOLS[workers] = pool
+    return pool
+
+
+def _as_numpy(batch: DecodedBatch) -> DecodedBatch:
+    """A slice from a decoding process may hold a tensor in shared memory: view it as NumPy."""
+    import numpy as np
+
+    pixels: Any = batch.pixels
+    if pixels is None or isinstance(pixels, np.ndarray):
+        return batch
+    return batch._replace(pixels=pixels.numpy())  # no copy
 
 
 def _joined_slices(parts: list[DecodedBatch]) -> DecodedBatch:
     """One batch from its consecutive slices (row numbers shifted to the whole batch's)."""
     import numpy as np
 
+    parts = [_as_numpy(part) for part in parts]
     if len(parts) == 1:
         return parts[0]
     offset = 0
@@ -444,24 +526,33 @@ def score_partition(
     held.reset()
     manifest = predictor.manifest
     batches = _model_batches(arrow_batches, options.batch_size, held)
-    decoded: Iterator[DecodedBatch] = (decode_batch(manifest, contents, paths) for contents, paths in batches)
-    if options.decode_mode(device) == "prefetch":
-        workers = options.workers(cpus)
-        if workers > 1:
-            decoded = _decoded_in_pool(batches, manifest, workers, options.prefetch)
-        else:
-            decoded = _prefetched(decoded, options.prefetch)
-    columns: dict[str, list[Any]] = {name: [] for name in PREDICTION_FIELDS}
-    for batch in decoded:
-        for name, values in _predicted_columns(predictor, batch, options.top_k).items():
-            columns[name].extend(values)
-        held.release()
-        del batch  # its pixels go now, not when the next batch is decoded
-        if len(columns["error"]) >= options.output_rows:
+    with ExitStack() as stack:
+        decoded: Iterator[DecodedBatch] = (decode_batch(manifest, contents, paths) for contents, paths in batches)
+        if options.decode_mode(device) == "prefetch":
+            workers = options.workers(cpus)
+            ahead: Generator[DecodedBatch, None, None]
+            if workers == 1:
+                ahead = _prefetched(decoded, options.prefetch)
+            else:
+                pool: Executor
+                if options.pool_kind(device, workers) == "process":
+                    pool = decoding_processes(workers)
+                else:
+                    pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="rescore-decode"))
+                ahead = _decoded_in_pool(batches, manifest, workers, options.prefetch, pool)
+            stack.callback(ahead.close)  # first, on an early stop: cancel what is queued, then shut down
+            decoded = ahead
+        columns: dict[str, list[Any]] = {name: [] for name in PREDICTION_FIELDS}
+        for batch in decoded:
+            for name, values in _predicted_columns(predictor, batch, options.top_k).items():
+                columns[name].extend(values)
+            held.release()
+            del batch  # its pixels go now, not when the next batch is decoded
+            if len(columns["error"]) >= options.output_rows:
+                yield pd.DataFrame(columns)
+                columns = {name: [] for name in PREDICTION_FIELDS}
+        if columns["error"]:
             yield pd.DataFrame(columns)
-            columns = {name: [] for name in PREDICTION_FIELDS}
-    if columns["error"]:
-        yield pd.DataFrame(columns)
     log.info("partition done: %d model batches, at most %d held at once", held.batches, held.max_held)
 
 
@@ -687,7 +778,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--decode-workers",
         type=int,
         default=0,
-        help="threads decoding in prefetch mode (default 0: the task's cores, spark.task.cpus)",
+        help="threads or processes decoding in prefetch mode (default 0: the task's cores, spark.task.cpus)",
+    )
+    parser.add_argument(
+        "--decode-pool",
+        choices=DECODE_POOLS,
+        default="auto",
+        help="thread: decoding threads in the Python worker; process: a pool of decoding processes reused "
+        "by its tasks; auto: processes on GPU with 4 or more workers, else threads",
     )
     parser.add_argument("--mixed-precision", action="store_true", help="float16 autocast on GPU (PyTorch)")
     parser.add_argument(
@@ -738,6 +836,7 @@ def _main(argv: list[str] | None) -> int:
         decode=args.decode,
         prefetch=args.prefetch,
         decode_workers=args.decode_workers,
+        decode_pool=args.decode_pool,
         mixed_precision=args.mixed_precision,
         device=args.device,
     )

@@ -203,7 +203,10 @@ class ScoreImagesOperator(_ModelJobOperator):
         default: the batch size.
     :param top_k: labels kept in the ``top_k`` column (templated); job default 3.
     :param decode: ``auto``, ``inline`` or ``prefetch`` (templated); job default ``auto``.
-    :param decode_workers: threads decoding in prefetch mode (templated); job default: the task's cores.
+    :param decode_workers: threads or processes decoding in prefetch mode (templated); job default:
+        the task's cores.
+    :param decode_pool: ``auto``, ``thread`` or ``process`` (templated); job default ``auto``
+        (processes on GPU with 4 or more workers, else threads).
     :param device: ``auto``, ``cpu``, ``cuda`` or ``cuda:<n>`` (templated); job default ``auto``.
     :param from_date: only images ingested on or after this ``YYYY-MM-DD`` day (templated).
     :param to_date: only images ingested on or before this ``YYYY-MM-DD`` day (templated).
@@ -222,6 +225,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         "top_k",
         "decode",
         "decode_workers",
+        "decode_pool",
         "device",
         "from_date",
         "to_date",
@@ -236,6 +240,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         top_k: int | str | None = None,
         decode: str | None = None,
         decode_workers: int | str | None = None,
+        decode_pool: str | None = None,
         device: str | None = None,
         from_date: str | None = None,
         to_date: str | None = None,
@@ -251,6 +256,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         self.top_k = top_k
         self.decode = decode
         self.decode_workers = decode_workers
+        self.decode_pool = decode_pool
         self.device = device
         self.from_date = from_date
         self.to_date = to_date
@@ -263,6 +269,7 @@ class ScoreImagesOperator(_ModelJobOperator):
             ("--top-k", self.top_k),
             ("--decode", self.decode),
             ("--decode-workers", self.decode_workers),
+            ("--decode-pool", self.decode_pool),
             ("--device", self.device),
             ("--from-date", self.from_date),
             ("--to-date", self.to_date),

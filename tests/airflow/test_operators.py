@@ -121,6 +121,7 @@ def test_score_operator_passes_the_scoring_flags() -> None:
         top_k=5,
         decode="prefetch",
         decode_workers=4,
+        decode_pool="process",
         device="cuda:0",
         from_date="2026-01-01",
         to_date="2026-01-31",
@@ -142,6 +143,7 @@ def test_score_operator_passes_the_scoring_flags() -> None:
         "--top-k", "5",
         "--decode", "prefetch",
         "--decode-workers", "4",
+        "--decode-pool", "process",
         "--device", "cuda:0",
         "--from-date", "2026-01-01",
         "--to-date", "2026-01-31",
@@ -162,9 +164,8 @@ def test_score_operator_templates_the_scope_and_omits_what_renders_empty() -> No
             to_date="{{ params.to_date }}",
             force="{{ params.force }}",
         )
-        assert {"arrow_batch_size", "top_k", "decode", "decode_workers", "from_date", "to_date", "force"} <= set(
-            op.template_fields
-        )
+        flags = {"arrow_batch_size", "top_k", "decode", "decode_workers", "decode_pool", "from_date", "to_date"}
+        assert {*flags, "force"} <= set(op.template_fields)
         op.render_template_fields({"params": params, "run_id": "r"})
         return op.job_arguments()
 

@@ -13,6 +13,8 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,14 +131,19 @@ def test_a_second_job_with_the_same_version_reuses_the_built_model(spark: SparkS
     assert sum(first.values()) >= 1
 
 
-@pytest.mark.parametrize(("decode", "arrow_batch"), [("inline", 600), ("inline", 50), ("prefetch", 600)])
+@pytest.mark.parametrize(
+    ("decode", "arrow_batch", "pool"),
+    [("inline", 600, ""), ("inline", 50, ""), ("prefetch", 600, ""), ("prefetch", 600, "process")],
+)
 def test_a_large_partition_is_scored_holding_a_bounded_number_of_batches(
-    spark: SparkSession, tmp_path: Path, decode: str, arrow_batch: int
+    spark: SparkSession, tmp_path: Path, decode: str, arrow_batch: int, pool: str
 ) -> None:
     # Given one partition of 600 images, a batch size of 3 and Arrow batches of up to 600 rows
-    manifest = _manifest(f"fake-bounded-{decode}-{arrow_batch}", tmp_path)
+    # (and, for the pool, two decoding processes started inside Spark's Python worker)
+    manifest = _manifest(f"fake-bounded-{decode}-{arrow_batch}-{pool}", tmp_path)
     images = _images(spark, 600, partitions=1)
-    options = ScoringOptions(batch_size=3, decode=decode, prefetch=2, builder=counting_builder)
+    pooled = {"decode_workers": 2, "decode_pool": pool} if pool else {}
+    options = ScoringOptions(batch_size=3, decode=decode, prefetch=2, builder=counting_builder, **pooled)  # type: ignore[arg-type]
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     previous = spark.conf.get(key)
     spark.conf.set(key, str(arrow_batch))
@@ -161,15 +168,31 @@ def _arrow_batches(count: int, rows: int, consumed: list[int]):  # type: ignore[
         yield contents, pd.Series([f"mem://{i}/{j}" for j in range(rows)])
 
 
-@pytest.mark.parametrize(("decode", "workers"), [("inline", 0), ("prefetch", 1), ("prefetch", 3)])
+@pytest.fixture
+def no_decoding_processes() -> Iterator[None]:
+    """Stops the decoding processes a test started (the pools live for the process otherwise)."""
+    from spark_jobs import score
+
+    yield
+    for pool in score._PROCESS_POOLS.values():
+        pool.shutdown(wait=True, cancel_futures=True)
+    score._PROCESS_POOLS.clear()
+
+
+@pytest.mark.parametrize(
+    ("decode", "workers", "pool"),
+    [("inline", 0, "auto"), ("prefetch", 1, "auto"), ("prefetch", 3, "thread"), ("prefetch", 2, "process")],
+)
 def test_score_partition_yields_before_reading_ahead_more_than_the_bound(
-    tmp_path: Path, decode: str, workers: int
+    tmp_path: Path, decode: str, workers: int, pool: str, no_decoding_processes: None
 ) -> None:
     # Given 50 Arrow batches of 4 rows, a batch size of 2, frames of 6 rows back to Spark, and a
     # consumer that stops after each frame
     consumed: list[int] = []
     held = HeldBatches()
-    options = ScoringOptions(batch_size=2, decode=decode, prefetch=3, decode_workers=workers, output_rows=6)
+    options = ScoringOptions(
+        batch_size=2, decode=decode, prefetch=3, decode_workers=workers, decode_pool=pool, output_rows=6
+    )
     predictor = CountingPredictor(_manifest("direct", tmp_path))
     results = score_partition(_arrow_batches(50, 4, consumed), predictor, options, held=held)
 
@@ -225,7 +248,7 @@ def test_the_decode_pool_decodes_batches_at_once_and_yields_them_in_input_order(
     # Given 10 Arrow batches of 3 rows that do not decode (each row's error names its path)
     names = [[f"mem://{i}/{j}" for j in range(3)] for i in range(10)]
     batches = ((pd.Series([b"not an image"] * 3), pd.Series(row)) for row in names)
-    options = ScoringOptions(batch_size=2, decode="prefetch", prefetch=2, decode_workers=3)
+    options = ScoringOptions(batch_size=2, decode="prefetch", prefetch=2, decode_workers=3, decode_pool="thread")
     predictor = CountingPredictor(_manifest("pool", tmp_path))
 
     # When the partition is scored with three decoding threads
@@ -261,7 +284,9 @@ def test_one_batch_is_decoded_by_every_thread_and_joined_in_row_order(
     monkeypatch.setattr(score, "decode_batch", gated_decode)
 
     # When a pool of three threads decodes it
-    (joined,) = list(score._decoded_in_pool(iter([(pd.Series(contents), pd.Series(paths))]), manifest, 3, 1))
+    batches = iter([(pd.Series(contents), pd.Series(paths))])
+    with ThreadPoolExecutor(3) as pool:
+        (joined,) = list(score._decoded_in_pool(batches, manifest, 3, 1, pool))
 
     # Then three threads worked on it and the joined batch equals the one-thread decoding
     assert len(threads) == 3
@@ -276,6 +301,65 @@ def test_one_batch_is_decoded_by_every_thread_and_joined_in_row_order(
     np.testing.assert_array_equal(joined.pixels, serial.pixels)
 
 
+def test_on_a_gpu_the_pool_decodes_in_other_processes_reused_by_every_task(
+    tmp_path: Path, no_decoding_processes: None
+) -> None:
+    from spark_jobs import score
+
+    # Given 3 Arrow batches of 5 images, the seventh of which does not decode
+    contents = [_png(i) for i in range(15)]
+    contents[6] = b"not an image"
+    paths = [f"mem://{i}" for i in range(15)]
+
+    def batches() -> Iterator[tuple[pd.Series, pd.Series]]:
+        return ((pd.Series(contents[i : i + 5]), pd.Series(paths[i : i + 5])) for i in range(0, 15, 5))
+
+    predictor = CountingPredictor(_manifest("processes", tmp_path))
+    options = ScoringOptions(batch_size=4, decode="auto", output_rows=4)
+    assert options.pool_kind("cuda:0", 4) == "process"
+    assert options.pool_kind("cuda:0", 2) == "thread"
+    assert options.pool_kind("cpu", 8) == "thread"
+    options = ScoringOptions(batch_size=4, decode="auto", output_rows=4, decode_workers=4)
+
+    # When two tasks on a GPU with 4 decoding workers score them, and the same rows are scored inline
+    first = pd.concat(score_partition(batches(), predictor, options, device="cuda:0", cpus=2))
+    pool = score._PROCESS_POOLS[4]
+    workers = {pool.submit(os.getpid).result() for _ in range(8)}
+    second = pd.concat(score_partition(batches(), predictor, options, device="cuda:0", cpus=2))
+    inline = pd.concat(score_partition(batches(), predictor, ScoringOptions(batch_size=4), device="cpu"))
+
+    # Then the decoding ran in processes other than this one, the second task reused them, and
+    # the rows are those of inline decoding, in input order, the bad image's error included
+    assert workers and os.getpid() not in workers
+    assert score._PROCESS_POOLS[4] is pool
+    for frame in (first, second):
+        pd.testing.assert_frame_equal(frame.reset_index(drop=True), inline.reset_index(drop=True))
+    assert [i for i, e in enumerate(inline["error"]) if e] == [6]
+    reason = "not an image format Pillow can read (cannot identify image file)"
+    assert inline["error"][6] == f"cannot decode mem://6: {reason}"
+
+
+def test_a_decoding_process_that_died_is_replaced_at_the_next_task(tmp_path: Path, no_decoding_processes: None) -> None:
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    from spark_jobs import score
+
+    pool = score.decoding_processes(2)
+    victim = pool.submit(os.getpid).result()
+    os.kill(victim, signal.SIGKILL)
+    # the pool notices its dead process: what is submitted now fails, as the task would
+    with pytest.raises(BrokenProcessPool):
+        for _ in range(50):
+            pool.submit(os.getpid).result(timeout=30)
+            time.sleep(0.1)
+    # and the next task gets a fresh pool that decodes
+    fresh = score.decoding_processes(2)
+    assert fresh is not pool
+    decoded = fresh.submit(score.decode_batch, _manifest("again", tmp_path), [_png(1)], ["mem://1"]).result()
+    assert decoded.ok_rows == [0]
+
+
 def test_decode_workers_default_to_the_task_cores_and_bound_what_is_held() -> None:
     options = ScoringOptions(decode="prefetch", prefetch=2)
     assert options.workers(4) == 4
@@ -286,6 +370,8 @@ def test_decode_workers_default_to_the_task_cores_and_bound_what_is_held() -> No
     assert ScoringOptions().max_held_batches("cpu", cpus=4) == 1
     with pytest.raises(Exception, match="decode workers must be 0"):
         ScoringOptions(decode_workers=-1)
+    with pytest.raises(Exception, match="decode pool 'fork' is unknown"):
+        ScoringOptions(decode_pool="fork")
 
 
 def test_a_device_option_overrides_what_spark_assigned_and_bad_names_are_refused() -> None:
