@@ -208,10 +208,11 @@ def read_spark_output(out: Path, files: list[Path]) -> np.ndarray:
     return np.asarray([by_id[f.name] for f in files], dtype=np.float32)
 
 
-def start_spark(batch_size: int, workers: int, master: str = "local[1]", gpus: int = 0) -> Any:
+def start_spark(batch_size: int, workers: int, master: str = "local[1]", gpus: int = 0, tasks: int = 1) -> Any:
     """A session on ``master``: local mode runs one task at a time; on a standalone cluster one
-    executor takes the worker's ``workers`` cores and, with ``gpus``, one GPU per executor and
-    per task (Spark assigns the address: ``TaskContext.resources()["gpu"]``)."""
+    executor takes the worker's ``workers`` cores and ``gpus`` GPUs, and runs ``tasks`` tasks at
+    a time, each with ``workers / tasks`` cores and a ``1 / tasks`` share of the executor's GPUs
+    (Spark assigns the address: ``TaskContext.resources()["gpu"]``)."""
     from pyspark.sql import SparkSession
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -235,16 +236,21 @@ def start_spark(batch_size: int, workers: int, master: str = "local[1]", gpus: i
         cores = str(max(workers, 1))
         builder = (
             builder.config("spark.executor.cores", cores)
-            .config("spark.task.cpus", cores)  # one task per executor: it decodes on all its cores
+            .config("spark.task.cpus", str(max(workers, 1) // tasks))  # each task decodes on its cores
             .config("spark.executor.memory", "8g")
             .config("spark.cores.max", cores)
             .config("spark.executorEnv.PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         )
         if gpus:
             builder = builder.config("spark.executor.resource.gpu.amount", str(gpus)).config(
-                "spark.task.resource.gpu.amount", str(gpus)
+                "spark.task.resource.gpu.amount", str(gpus / tasks if tasks > 1 else gpus)
             )
     spark = builder.getOrCreate()
+    if spark.sparkContext.master != master:
+        raise RuntimeError(
+            f"this process already runs a Spark session on {spark.sparkContext.master}, so the benchmark "
+            f"cannot start one on {master}: run the harness in its own process (python -m include.bench.gpu)"
+        )
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
@@ -376,7 +382,9 @@ def _spark_line(spark: dict[str, Any] | None) -> str:
         return "not run (`--skip-spark`)"
     if spark["mode"] == "local":
         return f"local mode, one task at a time, `--device {spark['job_device']}`"
-    gpus = f", {spark['executor_gpus']} GPU per executor and per task" if spark["executor_gpus"] else ""
+    tasks = spark.get("tasks_at_a_time", 1)
+    share = "per task" if tasks == 1 else f"shared by {tasks} tasks at a time"
+    gpus = f", {spark['executor_gpus']} GPU per executor, {share}" if spark["executor_gpus"] else ""
     return (
         f"standalone master + one worker on 127.0.0.1, one executor of {spark['executor_cores']} cores{gpus}; "
         f"`--device {spark['job_device']}`; the device Spark assigned to tasks: {', '.join(spark['task_devices'])}"
@@ -411,11 +419,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cluster-gpus", type=int, default=None, help="GPUs the worker offers (default: 1 on cuda, else 0)"
     )
     parser.add_argument(
+        "--tasks-per-gpu",
+        type=int,
+        default=1,
+        help="with --cluster: tasks running at a time on the executor, each with --workers / N cores and a 1/N "
+        "share of the GPU (spark.task.resource.gpu.amount), so one task's start overlaps another's work",
+    )
+    parser.add_argument(
         "--gpu-discovery", type=Path, default=None, help="the worker's GPU discovery script (default: nvidia-smi's)"
     )
     args = parser.parse_args(argv)
     if min(args.images, args.batch_size, args.rounds) < 1 or args.workers < 0:
         parser.error("--images, --batch-size and --rounds must be at least 1, --workers at least 0")
+    if args.tasks_per_gpu < 1 or max(args.workers, 1) % args.tasks_per_gpu:
+        parser.error(f"--tasks-per-gpu must be at least 1 and divide --workers ({args.workers})")
     return args
 
 
@@ -449,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                 master = cluster.master
                 # on a GPU the job takes the address Spark assigned; a CPU rehearsal keeps the CPU
                 job_device = "auto" if device.startswith("cuda") else "cpu"
-            spark = start_spark(args.batch_size, workers, master, gpus)
+            tasks = args.tasks_per_gpu if args.cluster else 1
+            spark = start_spark(args.batch_size, workers, master, gpus, tasks)
             stack.callback(spark.stop)
             spark_out = workdir / "out" / "rescore_spark"
             runs["rescore_spark"] = lambda: rescore_spark(
@@ -459,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                 spark_out,
                 device=job_device,
                 batch_size=args.batch_size,
-                workers=cores,
+                workers=cores // tasks,
                 pool=args.decode_pool,
             )
             spark_info = {
@@ -467,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                 "master": master,
                 "executor_cores": cores,
                 "executor_gpus": gpus,
+                "tasks_at_a_time": tasks,
                 "job_device": job_device,
                 "task_devices": task_devices(spark),
             }

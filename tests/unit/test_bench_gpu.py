@@ -6,11 +6,17 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_gpu_harness_runs_on_the_cpu_and_reports_against_the_pytorch_loop(tmp_path: Path) -> None:
@@ -55,27 +61,41 @@ def test_agreement_counts_other_argmaxes_and_the_largest_difference() -> None:
 @pytest.mark.integration
 def test_the_gpu_harness_runs_spark_on_a_standalone_worker_that_offers_a_gpu(tmp_path: Path) -> None:
     """One executor per GPU: the worker offers one GPU (a discovery script that reports address 0,
-    as nvidia-smi's would on a one-GPU host) and every task is assigned it. The job is told
-    ``--device cpu`` here, so it scores on the CPU of a machine without CUDA."""
-    from include.bench.gpu import main
+    as nvidia-smi's would on a one-GPU host) and every task is assigned it, two tasks at a time
+    with half of it each. The job is told ``--device cpu`` here, so it scores on the CPU of a
+    machine without CUDA."""
 
     discovery = tmp_path / "gpus.sh"
     discovery.write_text('#!/bin/sh\necho \'{"name": "gpu", "addresses": ["0"]}\'\n')
     discovery.chmod(0o755)
     out = tmp_path / "out"
-    args = ["--device", "cpu", "--images", "8", "--batch-size", "4", "--workers", "1", "--rounds", "1"]
-    cluster = ["--cluster", "--cluster-gpus", "1", "--gpu-discovery", str(discovery)]
-    assert main([*args, *cluster, "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    args = ["--device", "cpu", "--images", "8", "--batch-size", "4", "--workers", "2", "--rounds", "1"]
+    cluster = ["--cluster", "--cluster-gpus", "1", "--tasks-per-gpu", "2", "--gpu-discovery", str(discovery)]
+    # in its own process, as `make bench-gpu` runs it: a Spark session of this test process would be
+    # reused by getOrCreate, whatever master the harness asks for
+    command = [sys.executable, "-m", "include.bench.gpu", *args, *cluster]
+    done = subprocess.run(
+        [*command, "--workdir", str(tmp_path / "work"), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
     assert results["spark"]["mode"] == "standalone"
     assert results["spark"]["executor_gpus"] == 1
-    # Spark's scheduler gave the task the worker's GPU: what Rescore's UDF reads to pick its device
+    assert results["spark"]["tasks_at_a_time"] == 2
+    # Spark's scheduler gave both tasks (half a GPU each) the worker's GPU: what Rescore's UDF
+    # reads to pick its device
     assert results["spark"]["task_devices"] == ["cuda:0"]
     methods = {m["method"]: m for m in results["methods"]}
     assert methods["rescore_spark"]["argmax_agreement"] == 1.0
     assert methods["rescore_spark"]["max_probability_diff"] < 1e-4
-    assert "one executor of 1 cores, 1 GPU per executor and per task" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "one executor of 2 cores, 1 GPU per executor, shared by 2 tasks at a time" in readme
     # the harness stopped the cluster it started: its master's port is closed, no worker runs
     port = int(results["spark"]["master"].rsplit(":", 1)[1])
     with socket.socket() as probe:
@@ -83,3 +103,14 @@ def test_the_gpu_harness_runs_spark_on_a_standalone_worker_that_offers_a_gpu(tmp
     pattern = str(tmp_path / "work" / "cluster")
     workers = subprocess.run(["pgrep", "-f", pattern], check=False, capture_output=True, text=True)
     assert workers.stdout == "", f"still running: {workers.stdout}"
+
+
+@pytest.mark.spark
+def test_the_harness_refuses_to_run_on_a_session_of_another_master(spark: SparkSession) -> None:
+    """getOrCreate hands back a running session whatever master is asked for: the harness says so
+    instead of measuring local mode under the name of a cluster, and leaves that session alone."""
+    from include.bench.gpu import start_spark
+
+    with pytest.raises(RuntimeError, match=r"already runs a Spark session on local\[2\].*in its own process"):
+        start_spark(4, 2, "spark://127.0.0.1:1", gpus=1)
+    assert spark.range(3).count() == 3
