@@ -30,11 +30,12 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Tuple, cast  # noqa: UP035 - pandas_udf reads typing.Tuple hints
 
@@ -255,16 +256,17 @@ class DecodedBatch(NamedTuple):
     """One model batch after decoding: the images that decoded, and an error for each that did not."""
 
     size: int
-    pixels: np.ndarray | None  # N_ok x 3 x H x W
+    pixels: np.ndarray | None  # N_ok x 3 x H x W float32, or N_ok x H x W x 3 uint8 (raw)
     ok_rows: list[int]
     errors: list[str | None]
 
 
-def decode_batch(manifest: Manifest, contents: pd.Series, paths: pd.Series) -> DecodedBatch:
-    """Decode and preprocess one model batch; an undecodable image gets an error, not an exception."""
+def decode_batch(manifest: Manifest, contents: pd.Series, paths: pd.Series, raw: bool = False) -> DecodedBatch:
+    """Decode and preprocess one model batch; an undecodable image gets an error, not an exception.
+    ``raw``: 8-bit HWC pixels, for a predictor that normalises on its device (``takes_uint8``)."""
     import numpy as np
 
-    from spark_jobs.images import decode_for_model
+    from spark_jobs.images import decode_pixels, normalise
 
     size = manifest.input_size
     mean = (manifest.mean[0], manifest.mean[1], manifest.mean[2])
@@ -274,7 +276,8 @@ def decode_batch(manifest: Manifest, contents: pd.Series, paths: pd.Series) -> D
     errors: list[str | None] = [None] * len(contents)
     for i, (content, path) in enumerate(zip(contents, paths, strict=True)):
         try:
-            arrays.append(decode_for_model(_read_bytes(content, path), size, mean, std))
+            pixels = decode_pixels(_read_bytes(content, path), size)
+            arrays.append(pixels if raw else normalise(pixels, mean, std))
             ok_rows.append(i)
         except Exception as exc:  # one bad image must not fail the partition
             errors[i] = f"cannot decode {path}: {_reason(exc)}"
@@ -400,7 +403,13 @@ def _prefetched(items: Iterator[DecodedBatch], depth: int) -> Generator[DecodedB
 
 
 def _decoded_in_pool(
-    batches: Iterator[tuple[pd.Series, pd.Series]], manifest: Manifest, workers: int, depth: int, pool: Executor
+    batches: Iterator[tuple[pd.Series, pd.Series]],
+    manifest: Manifest,
+    workers: int,
+    depth: int,
+    pool: Executor,
+    *,
+    raw: bool = False,
 ) -> Generator[DecodedBatch, None, None]:
     """Decode model batches on ``pool`` (``workers`` threads or processes), yielding them in input
     order; at most ``depth + 1`` batches are submitted and not yet handed to the consumer, so the
@@ -412,7 +421,11 @@ def _decoded_in_pool(
     and the pool needs no more batches in flight than one worker would."""
     from collections import deque
 
-    decoder = _decode_for_transfer if isinstance(pool, ProcessPoolExecutor) else decode_batch
+    decoder: Callable[..., DecodedBatch] = (
+        _decode_for_transfer if isinstance(pool, ProcessPoolExecutor) else decode_batch
+    )
+    if raw:
+        decoder = partial(decoder, raw=True)
     window = depth + 1
     pending: deque[list[Future[DecodedBatch]]] = deque()
     try:
@@ -434,12 +447,12 @@ def _decoded_in_pool(
                 part.cancel()
 
 
-def _decode_for_transfer(manifest: Manifest, contents: pd.Series, paths: pd.Series) -> DecodedBatch:
+def _decode_for_transfer(manifest: Manifest, contents: pd.Series, paths: pd.Series, raw: bool = False) -> DecodedBatch:
     """:func:`decode_batch` in a decoding process. Where PyTorch is installed the pixels go back as
     a tensor, which its multiprocessing support hands over in shared memory (as a DataLoader's
     workers do); a NumPy array would be pickled through a pipe, which cost the receiving
     process about as much CPU as decoding on two cores."""
-    batch = decode_batch(manifest, contents, paths)
+    batch = decode_batch(manifest, contents, paths, raw)
     if batch.pixels is None:
         return batch
     try:
@@ -526,8 +539,10 @@ def score_partition(
     held.reset()
     manifest = predictor.manifest
     batches = _model_batches(arrow_batches, options.batch_size, held)
+    # a GPU predictor that normalises on its device gets 8-bit pixels (a third less decoding CPU)
+    raw = device.startswith("cuda") and bool(getattr(predictor, "takes_uint8", False))
     with ExitStack() as stack:
-        decoded: Iterator[DecodedBatch] = (decode_batch(manifest, contents, paths) for contents, paths in batches)
+        decoded: Iterator[DecodedBatch] = (decode_batch(manifest, contents, paths, raw) for contents, paths in batches)
         if options.decode_mode(device) == "prefetch":
             workers = options.workers(cpus)
             ahead: Generator[DecodedBatch, None, None]
@@ -539,7 +554,7 @@ def score_partition(
                     pool = decoding_processes(workers)
                 else:
                     pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="rescore-decode"))
-                ahead = _decoded_in_pool(batches, manifest, workers, options.prefetch, pool)
+                ahead = _decoded_in_pool(batches, manifest, workers, options.prefetch, pool, raw=raw)
             stack.callback(ahead.close)  # first, on an early stop: cancel what is queued, then shut down
             decoded = ahead
         columns: dict[str, list[Any]] = {name: [] for name in PREDICTION_FIELDS}

@@ -35,7 +35,10 @@ class Predictor(Protocol):
     manifest: Manifest
 
     def forward(self, batch: np.ndarray) -> BatchOutput:
-        """Probabilities (and the embedding, when declared) for an ``N x 3 x H x W`` batch."""
+        """Probabilities (and the embedding, when declared) for an ``N x 3 x H x W`` batch.
+
+        A predictor with a true ``takes_uint8`` attribute also takes ``N x H x W x 3`` 8-bit
+        pixels and normalises them itself; the scoring UDF sends those on GPU tasks."""
         ...
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

@@ -21,7 +21,14 @@ class TorchPredictor:
 
     On ``cuda:<n>`` the network runs channels-last (faster convolutions on tensor cores) and,
     with ``mixed_precision``, under float16 autocast; probabilities are returned as float32.
+
+    :meth:`forward` takes normalised float32 ``N x 3 x H x W`` batches, or (``takes_uint8``)
+    8-bit ``N x H x W x 3`` pixels, which it normalises on its device with the manifest's mean
+    and std, in the same float32 operations as :func:`spark_jobs.images.normalise`.
     """
+
+    #: forward accepts 8-bit HWC pixels and normalises them itself (the scoring UDF sends them on GPU)
+    takes_uint8 = True
 
     def __init__(
         self,
@@ -53,6 +60,8 @@ class TorchPredictor:
         self.network = network.eval().to(self.device)
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._mean = torch.tensor(self.manifest.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.manifest.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._embedding: torch.Tensor | None = None
         if self.manifest.embedding:
             modules = dict(self.network.named_modules())
@@ -69,6 +78,11 @@ class TorchPredictor:
     def forward(self, batch: np.ndarray) -> BatchOutput:
         with torch.inference_mode():
             inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            if inputs.dtype == torch.uint8:
+                if inputs.dim() != 4 or inputs.shape[3] != 3:
+                    raise ValueError(f"8-bit batches must be N x H x W x 3, got {tuple(inputs.shape)}")
+                # NHWC viewed as NCHW: channels-last strides already, as the network wants on a GPU
+                inputs = (inputs.permute(0, 3, 1, 2).float() / 255.0 - self._mean) / self._std
             if self.device.type == "cuda":
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.mixed_precision):

@@ -401,3 +401,65 @@ def test_building_a_predictor_freezes_what_is_alive_out_of_the_cyclic_collector(
     finally:
         gc.unfreeze()
         score._PREDICTORS.clear()
+
+
+class _DtypeRecorder:
+    """A real predictor that notes the dtype of every batch it is given."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.inner = predictor
+        self.manifest = predictor.manifest
+        self.takes_uint8 = predictor.takes_uint8
+        self.dtypes: set[str] = set()
+
+    def forward(self, batch: np.ndarray) -> BatchOutput:
+        self.dtypes.add(str(batch.dtype))
+        return self.inner.forward(batch)  # type: ignore[no-any-return]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(batch).probabilities
+
+
+@pytest.mark.parametrize(("workers", "pool"), [(1, "auto"), (2, "thread"), (4, "process")])
+def test_on_a_gpu_a_torch_model_gets_8_bit_pixels_and_scores_as_on_the_cpu(
+    workers: int, pool: str, no_decoding_processes: None
+) -> None:
+    import torch
+    from safetensors.torch import save
+
+    from spark_jobs.models import build_predictor
+    from spark_jobs.models.torch_nets import SmallCNN
+
+    torch.manual_seed(0)
+    weights = save({k: v.contiguous() for k, v in SmallCNN(3).state_dict().items()})
+    manifest = Manifest(
+        name="raw", framework="pytorch", architecture="small_cnn", input_size=16, labels=LABELS, version="1",
+        mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3],
+    )  # fmt: skip
+    version = ModelVersion(manifest, weights)
+    # Given 3 Arrow batches of 5 images of varied colours, the ninth of which does not decode
+    contents = [_png(37 * i) for i in range(15)]
+    contents[8] = b"not an image"
+    paths = [f"mem://{i}" for i in range(15)]
+
+    def batches() -> Iterator[tuple[pd.Series, pd.Series]]:
+        return ((pd.Series(contents[i : i + 5]), pd.Series(paths[i : i + 5])) for i in range(0, 15, 5))
+
+    # When a task "on a GPU" scores them (the predictor itself runs on this machine's CPU), and a
+    # CPU task scores them inline
+    on_gpu = _DtypeRecorder(build_predictor(version, num_threads=1))
+    options = ScoringOptions(batch_size=4, decode="prefetch", decode_workers=workers, decode_pool=pool)
+    gpu_rows = pd.concat(score_partition(batches(), on_gpu, options, device="cuda:0", cpus=workers))
+    on_cpu = _DtypeRecorder(build_predictor(version, num_threads=1))
+    cpu_rows = pd.concat(score_partition(batches(), on_cpu, ScoringOptions(batch_size=4), device="cpu"))
+
+    # Then the GPU task sent 8-bit pixels and the CPU task normalised ones, with the same results
+    assert on_gpu.dtypes == {"uint8"}
+    assert on_cpu.dtypes == {"float32"}
+    assert list(gpu_rows["label"]) == list(cpu_rows["label"])
+    assert list(gpu_rows["error"]) == list(cpu_rows["error"])
+    assert [i for i, e in enumerate(cpu_rows["error"]) if e] == [8]
+    ok = [i for i in range(15) if i != 8]
+    np.testing.assert_allclose(
+        np.stack(gpu_rows["probabilities"].iloc[ok]), np.stack(cpu_rows["probabilities"].iloc[ok]), atol=1e-6
+    )

@@ -171,6 +171,33 @@ def test_torch_predictor_matches_a_direct_forward_pass_and_returns_the_embedding
     assert out.embedding.shape == (5, 64)
 
 
+def test_torch_predictor_normalises_8_bit_pixels_on_its_device_as_the_decoder_would() -> None:
+    """What the scoring UDF sends a GPU predictor: 8-bit HWC pixels, normalised by the predictor
+    with the manifest's mean and std (run here on the CPU device)."""
+    import torch
+    from safetensors.torch import load
+
+    from spark_jobs.models.torch_nets import SmallCNN
+
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    weights = _torch_weights()
+    predictor = build_predictor(ModelVersion(_torch_manifest(mean=mean, std=std), weights), num_threads=1)
+    pixels = np.random.default_rng(3).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    out = predictor.forward(pixels)
+
+    scaled = pixels.astype(np.float32) / np.float32(255)
+    chw = ((scaled - np.float32(mean)) / np.float32(std)).transpose(0, 3, 1, 2).copy()
+    net = SmallCNN(len(LABELS))
+    net.load_state_dict(load(weights))
+    net.eval()
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(chw)), dim=1).numpy()
+    np.testing.assert_allclose(out.probabilities, expected, atol=1e-6)
+    assert getattr(predictor, "takes_uint8", False) is True
+    with pytest.raises(ValueError, match=r"8-bit batches must be N x H x W x 3, got \(4, 3, 32, 32\)"):
+        predictor.forward(pixels.transpose(0, 3, 1, 2).copy())
+
+
 def test_torch_predictor_without_embedding_returns_none_and_unknown_layer_is_named() -> None:
     weights = _torch_weights()
     assert build_predictor(ModelVersion(_torch_manifest(), weights)).forward(_batch()).embedding is None
