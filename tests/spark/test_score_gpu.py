@@ -82,6 +82,19 @@ def test_gpu_probabilities_match_the_cpu_ones() -> None:
 
 
 @needs_cuda
+def test_8_bit_pixels_normalised_on_the_gpu_score_as_normalised_ones_on_the_cpu() -> None:
+    from spark_jobs.models import build_predictor
+
+    version = _version()
+    mean, std = np.float32(version.manifest.mean), np.float32(version.manifest.std)
+    pixels = np.random.default_rng(1).integers(0, 256, size=(16, 64, 64, 3), dtype=np.uint8)
+    normalised = ((pixels.astype(np.float32) / np.float32(255) - mean) / std).transpose(0, 3, 1, 2).copy()
+    cpu = build_predictor(version, device="cpu").forward(normalised).probabilities
+    gpu = build_predictor(version, device="cuda:0").forward(pixels).probabilities
+    np.testing.assert_allclose(gpu, cpu, atol=1e-3)
+
+
+@needs_cuda
 def test_convolutions_run_channels_last_on_the_gpu() -> None:
     import torch
 
