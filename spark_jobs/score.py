@@ -473,14 +473,13 @@ def decoding_processes(workers: int) -> ProcessPoolExecutor:
     GPU a CUDA context, neither of which survives a fork. A pool whose process died (killed, out
     of memory) is replaced at the next call, so a retried task starts clean."""
     import multiprocessing
+    from importlib.util import find_spec
 
     pool = _PROCESS_POOLS.get(workers)
     if pool is not None and not getattr(pool, "_broken", False):
         return pool
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
-    from importlib.util import find_spec
-
     context = multiprocessing.get_context("forkserver")
     preload = ["numpy", "PIL.Image", "spark_jobs.images", "spark_jobs.score"]
     # imported once in the server, not in every decoding process (see _decode_for_transfer)

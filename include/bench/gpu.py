@@ -233,17 +233,17 @@ def start_spark(batch_size: int, workers: int, master: str = "local[1]", gpus: i
         .config("spark.python.worker.faulthandler.enabled", "true")
     )
     if not master.startswith("local"):
-        cores = str(max(workers, 1))
+        cores = max(workers, 1)
         builder = (
-            builder.config("spark.executor.cores", cores)
-            .config("spark.task.cpus", str(max(workers, 1) // tasks))  # each task decodes on its cores
+            builder.config("spark.executor.cores", str(cores))
+            .config("spark.task.cpus", str(cores // tasks))  # each task decodes on its cores
             .config("spark.executor.memory", "8g")
-            .config("spark.cores.max", cores)
+            .config("spark.cores.max", str(cores))
             .config("spark.executorEnv.PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         )
         if gpus:
             builder = builder.config("spark.executor.resource.gpu.amount", str(gpus)).config(
-                "spark.task.resource.gpu.amount", str(gpus / tasks if tasks > 1 else gpus)
+                "spark.task.resource.gpu.amount", str(gpus if tasks == 1 else gpus / tasks)
             )
     spark = builder.getOrCreate()
     if spark.sparkContext.master != master:
