@@ -24,7 +24,7 @@ import psutil
 
 from include.bench import methods as M
 from include.bench.data import describe, generate_images, link_set
-from include.bench.measure import Stopwatch, WorkerMemorySampler
+from include.bench.measure import CPU_KINDS, Stopwatch, WorkerMemorySampler
 from include.bench.models import BenchModel, keras_status, prepare_models
 from include.bench.report import check_agreement, summarise_runs, write_report
 
@@ -257,6 +257,7 @@ class Bench:
                     "images": count,
                     "seconds": watch.seconds,
                     "cpu_seconds": watch.cpu_seconds,
+                    "cpu_seconds_by_process": watch.cpu_by_kind,
                 }
                 timed[method].append(record)
                 self.runs.append(record)
@@ -301,6 +302,7 @@ class Bench:
         # CPU per image is what Spark itself spends per image, which no Spark method can avoid.
         best: dict[tuple[str, int], float] = {}
         cpu: dict[tuple[str, int], float] = {}
+        by_kind: dict[tuple[str, int], dict[str, float]] = {}
         for _ in range(2):
             for n, (folder, copies) in folders.items():
                 for method in (M.RESCORE, M.SPARK_FLOOR):
@@ -308,6 +310,7 @@ class Bench:
                     watch = self.run_method(model, method, folder, out, None)
                     if watch.seconds < best.get((method, n), float("inf")):
                         best[method, n], cpu[method, n] = watch.seconds, watch.cpu_seconds
+                        by_kind[method, n] = watch.cpu_by_kind
                     log.info("  sustained %s: %d images in %.1f s", method, len(base) * copies, watch.seconds)
                     shutil.rmtree(out, ignore_errors=True)
         (n1, (_, c1)), (n2, (_, c2)) = folders.items()
@@ -318,6 +321,10 @@ class Bench:
             seconds = best[method, n2] - best[method, n1]
             return added / max(seconds, 1e-9), 1000 * (cpu[method, n2] - cpu[method, n1]) / added
 
+        def marginal_by_kind(method: str) -> dict[str, float]:
+            low, high = by_kind[method, n1], by_kind[method, n2]
+            return {kind: 1000 * (high[kind] - low[kind]) / added for kind in CPU_KINDS}
+
         rate, cpu_ms = marginal(M.RESCORE)
         floor_rate, floor_cpu_ms = marginal(M.SPARK_FLOOR)
         return {
@@ -327,6 +334,8 @@ class Bench:
             "cpu_seconds": [cpu[M.RESCORE, n1], cpu[M.RESCORE, n2]],
             "images_per_s": rate,
             "cpu_ms_per_image": cpu_ms,
+            # where Rescore's marginal CPU goes: is the Python side at the limit's cost?
+            "cpu_ms_per_image_by_process": marginal_by_kind(M.RESCORE),
             "floor_seconds": [best[M.SPARK_FLOOR, n1], best[M.SPARK_FLOOR, n2]],
             "floor_images_per_s": floor_rate,
             "floor_cpu_ms_per_image": floor_cpu_ms,

@@ -32,6 +32,40 @@ def tree_cpu_seconds(root: int | None = None) -> float:
     return total
 
 
+#: Where a Spark method's CPU goes: Spark's Python workers (and their daemon), the JVM, the
+#: benchmark's own process (the driver's Python side), and everything else (the ceiling's
+#: process pool and DataLoader workers).
+CPU_KINDS = ("python_workers", "jvm", "driver", "other")
+
+
+def process_kind(proc: psutil.Process, driver_pid: int) -> str:
+    """One of :data:`CPU_KINDS` for ``proc`` in the tree of ``driver_pid``."""
+    if proc.pid == driver_pid:
+        return "driver"
+    if is_python_worker(proc):
+        return "python_workers"
+    try:
+        if proc.name() == "java":
+            return "jvm"
+    except psutil.Error:
+        pass
+    return "other"
+
+
+def tree_cpu_by_kind(root: int | None = None) -> dict[str, float]:
+    """:func:`tree_cpu_seconds` split by :func:`process_kind`. A process that exited and was
+    reaped counts in its parent's kind (the kernel adds its CPU to the parent's children)."""
+    driver_pid = root or os.getpid()
+    totals = dict.fromkeys(CPU_KINDS, 0.0)
+    for proc in tree(driver_pid):
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        totals[process_kind(proc, driver_pid)] += t.user + t.system + t.children_user + t.children_system
+    return totals
+
+
 def is_python_worker(proc: psutil.Process) -> bool:
     """A PySpark Python worker (forked from ``pyspark.daemon``) or the daemon itself."""
     try:
@@ -88,10 +122,10 @@ class WorkerMemorySampler:
 
 
 class Stopwatch:
-    """Wall seconds and process-tree CPU seconds of a block."""
+    """Wall seconds and process-tree CPU seconds of a block, in all and by :data:`CPU_KINDS`."""
 
     def __enter__(self) -> Stopwatch:
-        self.cpu_start = tree_cpu_seconds()
+        self.cpu_start = tree_cpu_by_kind()
         self.start = time.perf_counter()
         return self
 
@@ -99,4 +133,6 @@ class Stopwatch:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.seconds = time.perf_counter() - self.start
-        self.cpu_seconds = max(0.0, tree_cpu_seconds() - self.cpu_start)
+        end = tree_cpu_by_kind()
+        self.cpu_by_kind = {kind: end[kind] - self.cpu_start[kind] for kind in CPU_KINDS}
+        self.cpu_seconds = max(0.0, sum(self.cpu_by_kind.values()))

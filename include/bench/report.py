@@ -88,7 +88,22 @@ def summarise_runs(runs: list[dict[str, Any]], images: int) -> dict[str, Any]:
         "images_per_s_best": images / min(seconds),
         "images_per_s_median": images / statistics.median(seconds),
         "cpu_ms_per_image": 1000 * statistics.median(cpu) / images,
+        "cpu_ms_per_image_by_process": _median_by_process(runs, images),
     }
+
+
+def _median_by_process(runs: list[dict[str, Any]], images: int) -> dict[str, float] | None:
+    """Median CPU ms per image of each kind of process (Python workers, JVM, driver, other), where
+    every run recorded the split (results of older harnesses did not)."""
+    splits: list[dict[str, float]] = []
+    for run in runs:
+        split = run.get("cpu_seconds_by_process")
+        if split is None:
+            return None
+        splits.append(split)
+    if not splits:
+        return None
+    return {kind: 1000 * statistics.median(split[kind] for split in splits) / images for kind in splits[0]}
 
 
 def ratio_targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,11 +172,17 @@ def cpu_notes(summary: list[dict[str, Any]]) -> list[str]:
             for name, row in rows.items()
             if name not in ("ceiling", "rescore", "spark_io_floor")
         )
+        split = rescore.get("cpu_ms_per_image_by_process")
+        if split:
+            where = (
+                f"{extra:+.1f} ms; Rescore's Python workers {split['python_workers']:.2f} ms, "
+                f"the JVM {split['jvm']:.2f} ms, the driver {split['driver']:.2f} ms"
+            )
+        else:
+            where = f"{extra:+.1f} ms: JVM file reading, Arrow transfer to the Python workers, Parquet writing"
         notes.append(
             f"{model}: Rescore {rescore['cpu_ms_per_image']:.1f} ms vs the ceiling's "
-            f"{ceiling['cpu_ms_per_image']:.1f} ms "
-            f"({extra:+.1f} ms: JVM file reading, Arrow transfer to the Python workers, Parquet writing); "
-            f"others: {others}"
+            f"{ceiling['cpu_ms_per_image']:.1f} ms ({where}); others: {others}"
         )
         floor = rows.get("spark_io_floor")
         if floor is not None:
@@ -332,12 +353,14 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
             "reading the files and writing a row per file, without decoding or a model) between the same two "
             "sizes: Spark spends it on every image whatever the method, on the same cores, so even a job whose "
             "Python side cost exactly the limit and whose cores never idled would reach only "
-            "limit CPU / (limit CPU + Spark's CPU) of the limit (the last column).",
+            "limit CPU / (limit CPU + Spark's CPU) of the limit (the last column). Rescore's marginal CPU is "
+            "split by process: its Python workers (decoding, the model, Arrow in and out; compare with the "
+            "limit's CPU) and the JVM (reading the files, Arrow, writing Parquet).",
             "",
             "| model | decode + inference CPU ms / image | physical limit (images/s) | Rescore runs "
-            "| sustained images/s | sustained CPU ms / image | × physical limit | Spark's own CPU ms / image "
-            "| reachable × limit |",
-            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+            "| sustained images/s | sustained CPU ms / image | of which Python workers | of which the JVM "
+            "| × physical limit | Spark's own CPU ms / image | reachable × limit |",
+            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for row in results["sustained"]:
             limit = limits.get(row["model"], {})
@@ -346,9 +369,11 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
             # A marginal CPU below zero is measurement noise on a tiny share: shown as 0.
             floor_ms = None if row.get("floor_cpu_ms_per_image") is None else max(row["floor_cpu_ms_per_image"], 0.0)
             reachable = spark_bound(limit.get("cpu_ms_per_image"), floor_ms)
+            split = row.get("cpu_ms_per_image_by_process") or {}
             lines.append(
                 f"| {row['model']} | {_fmt(limit.get('cpu_ms_per_image'), 2)} | {_fmt(limit.get('images_per_s'))} "
-                f"| {runs} | {_fmt(row['images_per_s'])} | {_fmt(row['cpu_ms_per_image'], 2)} | {_fmt(ratio, 2)} "
+                f"| {runs} | {_fmt(row['images_per_s'])} | {_fmt(row['cpu_ms_per_image'], 2)} "
+                f"| {_fmt(split.get('python_workers'), 2)} | {_fmt(split.get('jvm'), 2)} | {_fmt(ratio, 2)} "
                 f"| {_fmt(floor_ms, 2)} | {_fmt(reachable, 2)} |"
             )
     if results.get("scaling"):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from include.bench.measure import WorkerMemorySampler, tree_cpu_seconds
+from include.bench.measure import Stopwatch, WorkerMemorySampler, tree_cpu_by_kind, tree_cpu_seconds
 from include.bench.report import check_agreement, memory_target, summarise_runs, write_report
 
 pytestmark = pytest.mark.unit
@@ -196,6 +196,44 @@ def test_tree_cpu_counts_children_that_already_exited() -> None:
     assert tree_cpu_seconds() - before >= 0.35
 
 
+def test_stopwatch_splits_cpu_by_process_kind() -> None:
+    """A child named like a Spark Python worker counts as one, any other child as 'other', the
+    benchmark's own work as 'driver'; children that exit count in their parent's kind."""
+    burn = "import sys, time\nend = time.process_time() + float(sys.argv[1])\nwhile time.process_time() < end: pass"
+    with Stopwatch() as watch:
+        worker = subprocess.Popen([sys.executable, "-c", burn + "\ntime.sleep(3)", "0.6", "pyspark.daemon"])
+        other = subprocess.Popen([sys.executable, "-c", burn + "\ntime.sleep(3)", "0.4"])
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+        time.sleep(1.5)  # both children have burned their share and still run
+        alive = tree_cpu_by_kind()
+        worker.kill()
+        other.kill()
+        worker.wait()
+        other.wait()
+    while_alive = {kind: alive[kind] - watch.cpu_start[kind] for kind in alive}
+    assert while_alive["python_workers"] >= 0.55
+    assert while_alive["other"] >= 0.35
+    assert while_alive["driver"] >= 0.25
+    split = watch.cpu_by_kind
+    # once reaped, the children's CPU moves to the driver (their parent): nothing is lost
+    assert split["driver"] >= 1.2
+    assert watch.cpu_seconds == pytest.approx(sum(split.values()))
+
+
+def test_summarise_runs_gives_the_median_cpu_of_each_kind_of_process() -> None:
+    runs = [
+        {"seconds": 2.0, "cpu_seconds": 1.0, "cpu_seconds_by_process": {"python_workers": 0.6, "jvm": 0.4}},
+        {"seconds": 4.0, "cpu_seconds": 3.0, "cpu_seconds_by_process": {"python_workers": 2.0, "jvm": 1.0}},
+        {"seconds": 3.0, "cpu_seconds": 2.0, "cpu_seconds_by_process": {"python_workers": 1.2, "jvm": 0.8}},
+    ]
+    split = summarise_runs(runs, images=100)["cpu_ms_per_image_by_process"]
+    assert split == {"python_workers": pytest.approx(12.0), "jvm": pytest.approx(8.0)}
+    del runs[1]["cpu_seconds_by_process"]  # results of an older harness
+    assert summarise_runs(runs, images=100)["cpu_ms_per_image_by_process"] is None
+
+
 def test_memory_sampler_sees_python_workers_in_the_process_tree() -> None:
     hold = "import sys, time; data = bytearray(64 * 2**20); time.sleep(3)"
     worker = subprocess.Popen([sys.executable, "-c", hold, "pyspark.daemon"])
@@ -222,6 +260,7 @@ def test_physical_target_compares_the_sustained_rate_with_cores_over_cpu_per_ima
             "cpu_seconds": [6.0, 13.5],
             "images_per_s": 80.0,
             "cpu_ms_per_image": 25.0,
+            "cpu_ms_per_image_by_process": {"python_workers": 19.0, "jvm": 5.5, "driver": 0.5, "other": 0.0},
             # Spark alone spends 5 ms per image: 20 / (20 + 5) = 0.8 of the limit at best.
             "floor_seconds": [0.5, 0.8],
             "floor_images_per_s": 1000.0,
@@ -237,7 +276,7 @@ def test_physical_target_compares_the_sustained_rate_with_cores_over_cpu_per_ima
     readme = (tmp_path / "README.md").read_text()
     line = next(row for row in readme.splitlines() if row.startswith("| m64 | 20.00 |"))
     assert "100 in 3.0 s, 400 in 6.8 s" in line
-    assert line.endswith("| 0.80 | 5.00 | 0.80 |")
+    assert line.endswith("| 25.00 | 19.00 | 5.50 | 0.80 | 5.00 | 0.80 |")
     assert physical["note"] == "Spark's own 5.00 CPU ms per image leave at most 0.80"
 
     results["sustained"][0]["images_per_s"] = 95.0
