@@ -252,6 +252,32 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def _cpu_by_process_table(summary: list[dict[str, Any]]) -> list[str]:
+    """CPU ms per image of each kind of process, per method (median run): whether a Spark method's
+    Python side costs what the same work costs in a plain process, and what the JVM adds."""
+    rows = [row for row in summary if row.get("cpu_ms_per_image_by_process")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### CPU by process (ms per image, median run)",
+        "",
+        "Spark's Python workers run the decoding and the model; the JVM reads the files, moves the data "
+        "through Arrow and writes Parquet; `other` is the ceiling's worker processes; the driver is this "
+        "benchmark's own process (the ceiling's DataLoader runs its model there). Compare a Spark method's "
+        "Python workers with the ceiling's total: the same decode and model calls.",
+        "",
+        "| model | method | Python workers | JVM | driver | other | total |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        split = row["cpu_ms_per_image_by_process"]
+        method = row["method"] + (f" ({row['ceiling_config']})" if row.get("ceiling_config") else "")
+        cells = [_fmt(split.get(kind), 2) for kind in ("python_workers", "jvm", "driver", "other")]
+        lines.append(f"| {row['model']} | {method} | " + " | ".join(cells) + f" | {_fmt(row['cpu_ms_per_image'], 2)} |")
+    return lines
+
+
 def _summary_row(row: dict[str, Any]) -> str:
     agreement = row.get("agreement")
     method = row["method"] + (f" ({row['ceiling_config']})" if row.get("ceiling_config") else "")
@@ -316,6 +342,7 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
     for model, info in results["ceiling"].items():
         cells = [_fmt(info["configs"].get(c)) for c in results["ceiling_configs"]]
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {info['best_config']} |")
+    lines += _cpu_by_process_table(results["summary"])
     lines += [
         "",
         "## Targets",

@@ -174,6 +174,22 @@ def test_report_flags_the_wrong_method_and_computes_targets(tmp_path: Path) -> N
     assert "**missed** by 0.40" in readme
     assert "machine shared with other jobs" in readme
     assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "CPU by process" not in readme  # these rows recorded no split
+
+
+def test_report_shows_the_cpu_of_each_kind_of_process_per_method(tmp_path: Path) -> None:
+    results = _results()
+    results["summary"][1]["cpu_ms_per_image_by_process"] = {
+        "python_workers": 9.5,
+        "jvm": 2.75,
+        "driver": 0.25,
+        "other": 0.0,
+    }
+    write_report(results, tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "### CPU by process (ms per image, median run)" in readme
+    assert "| m64 | rescore | 9.50 | 2.75 | 0.25 | 0.00 | 12.50 |" in readme
+    assert "| m64 | predict_batch_udf | 9.50" not in readme  # no split recorded for it
 
 
 def test_memory_target_allows_ten_percent_growth() -> None:
