@@ -300,17 +300,14 @@ class Bench:
             folders[n] = (link_set(base, self.workdir / "sets" / f"sustained-{model.key}-{n}", copies=copies), copies)
         # Spark's floor (the same job without decoding or a model) at the same counts: its marginal
         # CPU per image is what Spark itself spends per image, which no Spark method can avoid.
-        best: dict[tuple[str, int], float] = {}
-        cpu: dict[tuple[str, int], float] = {}
-        by_kind: dict[tuple[str, int], dict[str, float]] = {}
+        best: dict[tuple[str, int], Stopwatch] = {}  # the fastest run of each method and size
         for _ in range(2):
             for n, (folder, copies) in folders.items():
                 for method in (M.RESCORE, M.SPARK_FLOOR):
                     out = self.workdir / "out" / "sustained" / model.key
                     watch = self.run_method(model, method, folder, out, None)
-                    if watch.seconds < best.get((method, n), float("inf")):
-                        best[method, n], cpu[method, n] = watch.seconds, watch.cpu_seconds
-                        by_kind[method, n] = watch.cpu_by_kind
+                    if (method, n) not in best or watch.seconds < best[method, n].seconds:
+                        best[method, n] = watch
                     log.info("  sustained %s: %d images in %.1f s", method, len(base) * copies, watch.seconds)
                     shutil.rmtree(out, ignore_errors=True)
         (n1, (_, c1)), (n2, (_, c2)) = folders.items()
@@ -318,11 +315,11 @@ class Bench:
         added = images[1] - images[0]
 
         def marginal(method: str) -> tuple[float, float]:
-            seconds = best[method, n2] - best[method, n1]
-            return added / max(seconds, 1e-9), 1000 * (cpu[method, n2] - cpu[method, n1]) / added
+            low, high = best[method, n1], best[method, n2]
+            return added / max(high.seconds - low.seconds, 1e-9), 1000 * (high.cpu_seconds - low.cpu_seconds) / added
 
         def marginal_by_kind(method: str) -> dict[str, float]:
-            low, high = by_kind[method, n1], by_kind[method, n2]
+            low, high = best[method, n1].cpu_by_kind, best[method, n2].cpu_by_kind
             return {kind: 1000 * (high[kind] - low[kind]) / added for kind in CPU_KINDS}
 
         rate, cpu_ms = marginal(M.RESCORE)
@@ -330,13 +327,13 @@ class Bench:
         return {
             "model": model.key,
             "images": list(images),
-            "seconds": [best[M.RESCORE, n1], best[M.RESCORE, n2]],
-            "cpu_seconds": [cpu[M.RESCORE, n1], cpu[M.RESCORE, n2]],
+            "seconds": [best[M.RESCORE, n1].seconds, best[M.RESCORE, n2].seconds],
+            "cpu_seconds": [best[M.RESCORE, n1].cpu_seconds, best[M.RESCORE, n2].cpu_seconds],
             "images_per_s": rate,
             "cpu_ms_per_image": cpu_ms,
             # where Rescore's marginal CPU goes: is the Python side at the limit's cost?
             "cpu_ms_per_image_by_process": marginal_by_kind(M.RESCORE),
-            "floor_seconds": [best[M.SPARK_FLOOR, n1], best[M.SPARK_FLOOR, n2]],
+            "floor_seconds": [best[M.SPARK_FLOOR, n1].seconds, best[M.SPARK_FLOOR, n2].seconds],
             "floor_images_per_s": floor_rate,
             "floor_cpu_ms_per_image": floor_cpu_ms,
         }

@@ -22,14 +22,7 @@ def tree(root: int | None = None) -> list[psutil.Process]:
 
 def tree_cpu_seconds(root: int | None = None) -> float:
     """User + system CPU of the tree, including children that already exited and were reaped."""
-    total = 0.0
-    for proc in tree(root):
-        try:
-            t = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
+    return sum(tree_cpu_by_kind(root).values())
 
 
 #: Where a Spark method's CPU goes: Spark's Python workers (and their daemon), the JVM, the

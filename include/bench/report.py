@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from include.bench.measure import CPU_KINDS
+
 MIN_ARGMAX_AGREEMENT = 0.99
 PROBABILITY_TOLERANCE = 1e-3
 
@@ -272,15 +274,20 @@ def _cpu_by_process_table(summary: list[dict[str, Any]]) -> list[str]:
     ]
     for row in rows:
         split = row["cpu_ms_per_image_by_process"]
-        method = row["method"] + (f" ({row['ceiling_config']})" if row.get("ceiling_config") else "")
-        cells = [_fmt(split.get(kind), 2) for kind in ("python_workers", "jvm", "driver", "other")]
-        lines.append(f"| {row['model']} | {method} | " + " | ".join(cells) + f" | {_fmt(row['cpu_ms_per_image'], 2)} |")
+        cells = [_fmt(split.get(kind), 2) for kind in CPU_KINDS]
+        total = _fmt(row["cpu_ms_per_image"], 2)
+        lines.append(f"| {row['model']} | {_method_label(row)} | " + " | ".join(cells) + f" | {total} |")
     return lines
+
+
+def _method_label(row: dict[str, Any]) -> str:
+    """The method's name, with the ceiling's winning configuration beside it."""
+    return row["method"] + (f" ({row['ceiling_config']})" if row.get("ceiling_config") else "")
 
 
 def _summary_row(row: dict[str, Any]) -> str:
     agreement = row.get("agreement")
-    method = row["method"] + (f" ({row['ceiling_config']})" if row.get("ceiling_config") else "")
+    method = _method_label(row)
     agree = f"{100 * agreement['argmax_agreement']:.1f}%" if agreement else "–"
     if row["method"] == "ceiling":
         agree = "reference"
