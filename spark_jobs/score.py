@@ -475,16 +475,18 @@ def decoding_processes(workers: int) -> ProcessPoolExecutor:
     import multiprocessing
     from importlib.util import find_spec
 
+    from spark_jobs.allocator import keep_freed_memory
+
     pool = _PROCESS_POOLS.get(workers)
     if pool is not None and not getattr(pool, "_broken", False):
         return pool
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
     context = multiprocessing.get_context("forkserver")
-    preload = ["numpy", "PIL.Image", "spark_jobs.images", "spark_jobs.score"]
+    preload = ["numpy", "PIL.Image", "spark_jobs.allocator", "spark_jobs.images", "spark_jobs.score"]
     # imported once in the server, not in every decoding process (see _decode_for_transfer)
     context.set_forkserver_preload([*preload, "torch"] if find_spec("torch") else preload)
-    pool = ProcessPoolExecutor(workers, mp_context=context)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=keep_freed_memory)
     _PROCESS_POOLS[workers] = pool
     return pool
 

@@ -42,6 +42,17 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS_PER_CORE = 8
 #: The least single-core work (decode + inference) a partition should carry, in seconds.
 TASK_SECONDS = 1.0
+#: The least single-core work every method's warm-up run carries, in seconds. The JVM compiles
+#: its hot paths (reading files, Arrow, Parquet, each plan's generated code) only after many rows:
+#: after a warm-up on 128 images, the first timed small-CNN run of Rescore spent 0.81 JVM CPU ms
+#: per image against 0.33-0.38 in later rounds (and on MobileNetV2 4.5 against 1.5).
+WARMUP_SECONDS = 2.0
+
+
+def warmup_count(plan_least: int, images: int, cpu_s_per_image: float) -> int:
+    """Images in a model's warm-up run: ``plan_least`` at least, enough for
+    :data:`WARMUP_SECONDS` of single-core work, never more than a timed run's ``images``."""
+    return min(images, max(plan_least, math.ceil(WARMUP_SECONDS / cpu_s_per_image)))
 
 
 def spark_partitions(images: int, cores: int, batch_size: int, cpu_s_per_image: float) -> int:
@@ -58,7 +69,7 @@ class Plan:
     mode: str
     images: dict[str, int]  # per model key
     rounds: int
-    warmup_images: int
+    warmup_images: int  # at least; see warmup_count
     scaling_base: int
     scaling_multipliers: tuple[int, ...]
     memory_partitions: tuple[int, ...]
@@ -83,7 +94,9 @@ PLANS = {
         # Spark spends about a second per job whatever its size (planning, task start, the
         # writers): these counts make each Spark run last 5-15 s, so it weighs a tenth or less.
         {"small_cnn_64": 6000, "resnet18_160": 900, "mobilenet_v2_160": 900},
-        3,
+        # 4 rounds: the same run repeated varies by 5-10% on a shared 2-core machine, and one
+        # slow round moves a median of 3 more than a median of 4
+        4,
         128,
         200,
         (1, 10, 100),
@@ -191,6 +204,7 @@ class Bench:
         self.ceiling: dict[str, Any] = {}
         self.physical: dict[str, dict[str, float]] = {}
         self.sustained: list[dict[str, Any]] = []
+        self.warmups: dict[str, int] = {}
         self.spark = start_spark(args.cores, args.batch_size)
         self.ctx = M.BenchContext(self.spark, args.cores, args.batch_size)
 
@@ -222,7 +236,6 @@ class Bench:
         count = self.plan.images[model.key]
         sets = self.workdir / "sets"
         folder = link_set(files[:count], sets / model.key)
-        warm = link_set(files[: self.plan.warmup_images], sets / f"{model.key}-warmup")
         payload = {"manifest": model.version.manifest.to_dict(), "weights": model.version.weights}
         self.ctx.payloads[model.key] = self.spark.sparkContext.broadcast(payload)
         self.ctx.mlflow_uris[model.key] = model.mlflow_uri
@@ -240,6 +253,9 @@ class Bench:
         configs = list(M.iter_ceiling_configs(self.args.cores))
         method_names = [*configs, *M.SPARK_METHODS, M.SPARK_FLOOR]
         outputs = self.workdir / "out" / model.key
+        cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
+        self.warmups[model.key] = warmup_count(self.plan.warmup_images, count, cpu_s)
+        warm = link_set(files[: self.warmups[model.key]], sets / f"{model.key}-warmup")
         log.info("%s: warm-up on %d images", model.key, len(list(warm.glob("*.jpg"))))
         for method in method_names:
             watch = self.run_method(model, method, warm, outputs / "warmup" / method, predictor)
@@ -444,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             "cores": args.cores,
             "batch_size": args.batch_size,
             "rounds": plan.rounds,
-            "warmup_images": plan.warmup_images,
+            "warmup_images": bench.warmups,
             "seed": args.seed,
             "spark_partitions": f"up to {PARTITIONS_PER_CORE} per core, each with 2 model batches and "
             f"{TASK_SECONDS:g} s of single-core work at least",

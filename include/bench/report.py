@@ -300,6 +300,14 @@ def _summary_row(row: dict[str, Any]) -> str:
     )
 
 
+def _warmup_text(warmup: int | dict[str, int]) -> str:
+    """``128 images``, or per model: ``1,334 images (small_cnn_64), 128 (resnet18_160)``."""
+    if isinstance(warmup, int):
+        return f"{warmup:,} images"
+    parts = [f"{n:,}{' images' if i == 0 else ''} ({key})" for i, (key, n) in enumerate(warmup.items())]
+    return ", ".join(parts) if parts else "no images"
+
+
 def render_readme(results: dict[str, Any], plot_name: str) -> str:
     """The benchmarks README: setting, table, plot, targets, scaling, memory; all from ``results``."""
     machine = results["machine"]
@@ -319,7 +327,7 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
         f"{machine['loadavg_end']} at the end" + (f"; {results['note']}" if results.get("note") else ""),
         f"- **Run:** {results['started_at']}, {results['duration_s']:.0f} s; batch size {settings['batch_size']}, "
         f"{settings['rounds']} timed rounds per method, interleaved, after one warm-up round on "
-        f"{settings['warmup_images']} images",
+        f"{_warmup_text(settings['warmup_images'])}",
         f"- **Images:** {results['data']['count']} generated photo-like JPEGs, "
         f"{results['data']['mean_pixels'] / 1000:.0f} kpixels and {results['data']['mean_bytes'] / 1024:.1f} KiB "
         f"on average ({results['data']['bits_per_pixel']} bits per pixel), seed {settings['seed']}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.bench.__main__ import spark_partitions
+from include.bench.__main__ import spark_partitions, warmup_count
 
 pytestmark = pytest.mark.unit
 
@@ -23,3 +23,18 @@ def test_partitions_carry_two_batches_and_a_second_of_work_and_at_most_eight_per
     images: int, cpu_s_per_image: float, expected: int
 ) -> None:
     assert spark_partitions(images, cores=2, batch_size=32, cpu_s_per_image=cpu_s_per_image) == expected
+
+
+@pytest.mark.parametrize(
+    ("least", "images", "cpu_s_per_image", "expected"),
+    [
+        (128, 6000, 0.0015, 1334),  # a cheap model: 2 s of single-core work takes 1,334 images
+        (128, 900, 0.025, 128),  # an expensive one: the plan's least is already 3 s of work
+        (32, 256, 0.0015, 256),  # never more than a timed run (quick mode)
+        (32, 64, 0.025, 64),
+    ],
+)
+def test_warm_up_carries_two_seconds_of_work_within_a_timed_run(
+    least: int, images: int, cpu_s_per_image: float, expected: int
+) -> None:
+    assert warmup_count(least, images, cpu_s_per_image) == expected

@@ -192,6 +192,17 @@ def test_report_shows_the_cpu_of_each_kind_of_process_per_method(tmp_path: Path)
     assert "| m64 | predict_batch_udf | 9.50" not in readme  # no split recorded for it
 
 
+def test_report_names_each_models_warm_up_and_reads_older_results(tmp_path: Path) -> None:
+    results = _results()
+    results["settings"]["warmup_images"] = {"m64": 1334, "keras": 128}
+    write_report(results, tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "after one warm-up round on 1,334 images (m64), 128 (keras)" in readme
+    results["settings"]["warmup_images"] = 64  # results.json written before the warm-up was sized per model
+    write_report(results, tmp_path)
+    assert "after one warm-up round on 64 images" in (tmp_path / "README.md").read_text()
+
+
 def test_memory_target_allows_ten_percent_growth() -> None:
     rows = [
         {"model": "m", "partition_images": 10, "peak_worker_mb": 400.0},
