@@ -42,17 +42,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS_PER_CORE = 8
 #: The least single-core work (decode + inference) a partition should carry, in seconds.
 TASK_SECONDS = 1.0
-#: The least single-core work every method's warm-up run carries, in seconds. The JVM compiles
-#: its hot paths (reading files, Arrow, Parquet, each plan's generated code) only after many rows:
-#: after a warm-up on 128 images, the first timed small-CNN run of Rescore spent 0.81 JVM CPU ms
-#: per image against 0.33-0.38 in later rounds (and on MobileNetV2 4.5 against 1.5).
-WARMUP_SECONDS = 2.0
 
 
-def warmup_count(plan_least: int, images: int, cpu_s_per_image: float) -> int:
-    """Images in a model's warm-up run: ``plan_least`` at least, enough for
-    :data:`WARMUP_SECONDS` of single-core work, never more than a timed run's ``images``."""
-    return min(images, max(plan_least, math.ceil(WARMUP_SECONDS / cpu_s_per_image)))
+def warmup_count(plan_least: int, images: int, cpu_s_per_image: float, seconds: float) -> int:
+    """Images in a model's warm-up run: ``plan_least`` at least, enough for ``seconds`` of
+    single-core work (:attr:`Plan.warmup_seconds`), never more than a timed run's ``images``."""
+    return min(images, max(plan_least, math.ceil(seconds / cpu_s_per_image)))
 
 
 def spark_partitions(images: int, cores: int, batch_size: int, cpu_s_per_image: float) -> int:
@@ -76,6 +71,12 @@ class Plan:
     #: per model, two image counts for Rescore's sustained rate: (n2 - n1) / (t2 - t1), free of
     #: the fixed cost of a job (models not listed are not measured sustained).
     sustained: dict[str, tuple[int, int]]
+    #: the least single-core work every method's warm-up run carries, in seconds. The JVM
+    #: compiles its hot paths (reading files, Arrow, Parquet, each plan's generated code) only
+    #: after many rows: after a warm-up on 128 images, the first timed small-CNN run of Rescore
+    #: spent 0.81 JVM CPU ms per image against 0.33-0.38 in later rounds (MobileNetV2: 4.5
+    #: against 1.5). Quick mode's figures are indicative anyway: it keeps its short warm-up.
+    warmup_seconds: float = 0.0
 
 
 PLANS = {
@@ -102,6 +103,7 @@ PLANS = {
         (1, 10, 100),
         (50, 500, 5000),
         {"small_cnn_64": (1500, 12000), "resnet18_160": (300, 1200), "mobilenet_v2_160": (300, 1200)},
+        warmup_seconds=2.0,
     ),
 }
 
@@ -254,7 +256,7 @@ class Bench:
         method_names = [*configs, *M.SPARK_METHODS, M.SPARK_FLOOR]
         outputs = self.workdir / "out" / model.key
         cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
-        self.warmups[model.key] = warmup_count(self.plan.warmup_images, count, cpu_s)
+        self.warmups[model.key] = warmup_count(self.plan.warmup_images, count, cpu_s, self.plan.warmup_seconds)
         warm = link_set(files[: self.warmups[model.key]], sets / f"{model.key}-warmup")
         log.info("%s: warm-up on %d images", model.key, len(list(warm.glob("*.jpg"))))
         for method in method_names:

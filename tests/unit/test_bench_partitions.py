@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.bench.__main__ import spark_partitions, warmup_count
+from include.bench.__main__ import PLANS, spark_partitions, warmup_count
 
 pytestmark = pytest.mark.unit
 
@@ -26,15 +26,20 @@ def test_partitions_carry_two_batches_and_a_second_of_work_and_at_most_eight_per
 
 
 @pytest.mark.parametrize(
-    ("least", "images", "cpu_s_per_image", "expected"),
+    ("least", "images", "cpu_s_per_image", "seconds", "expected"),
     [
-        (128, 6000, 0.0015, 1334),  # a cheap model: 2 s of single-core work takes 1,334 images
-        (128, 900, 0.025, 128),  # an expensive one: the plan's least is already 3 s of work
-        (32, 256, 0.0015, 256),  # never more than a timed run (quick mode)
-        (32, 64, 0.025, 64),
+        (128, 6000, 0.0015, 2.0, 1334),  # a cheap model: 2 s of single-core work takes 1,334 images
+        (128, 900, 0.025, 2.0, 128),  # an expensive one: the plan's least is already 3 s of work
+        (128, 100, 0.0015, 2.0, 100),  # never more than a timed run
+        (32, 256, 0.0015, 0.0, 32),  # quick mode: the plan's least only
     ],
 )
-def test_warm_up_carries_two_seconds_of_work_within_a_timed_run(
-    least: int, images: int, cpu_s_per_image: float, expected: int
+def test_warm_up_carries_the_plans_seconds_of_work_within_a_timed_run(
+    least: int, images: int, cpu_s_per_image: float, seconds: float, expected: int
 ) -> None:
-    assert warmup_count(least, images, cpu_s_per_image) == expected
+    assert warmup_count(least, images, cpu_s_per_image, seconds) == expected
+
+
+def test_only_the_full_run_sizes_its_warm_up_by_work() -> None:
+    assert PLANS["full"].warmup_seconds >= 1.0
+    assert PLANS["quick"].warmup_seconds == 0.0
