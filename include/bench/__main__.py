@@ -258,7 +258,7 @@ class Bench:
         cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
         self.warmups[model.key] = warmup_count(self.plan.warmup_images, count, cpu_s, self.plan.warmup_seconds)
         warm = link_set(files[: self.warmups[model.key]], sets / f"{model.key}-warmup")
-        log.info("%s: warm-up on %d images", model.key, len(list(warm.glob("*.jpg"))))
+        log.info("%s: warm-up on %d images", model.key, self.warmups[model.key])
         for method in method_names:
             watch = self.run_method(model, method, warm, outputs / "warmup" / method, predictor)
             log.info("  warm-up %-24s %6.1f s", method, watch.seconds)
