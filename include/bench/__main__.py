@@ -130,6 +130,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only re-render README.md and the plot from this results.json (no measurement)",
     )
     parser.add_argument("--skip-scaling", action="store_true", help="skip the scaling and memory runs")
+    parser.add_argument(
+        "--shared-python-workers",
+        action="store_true",
+        help="let all Spark methods share one pool of Python workers (default: each method its own, "
+        "as in separate applications)",
+    )
     args = parser.parse_args(argv)
     if args.cores < 1 or args.batch_size < 1:
         parser.error("--cores and --batch-size must be at least 1")
@@ -226,6 +232,8 @@ class Bench:
             else:
                 cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
                 partitions = spark_partitions(len(files), self.args.cores, self.args.batch_size, cpu_s)
+                if not self.args.shared_python_workers:
+                    M.own_python_workers(self.spark, method)
                 images = M.read_files(self.spark, folder, partitions=partitions)
                 M.SPARK_RUNNERS[method](self.ctx, model.key, images, out)
         return watch
@@ -467,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             "spark_partitions": f"up to {PARTITIONS_PER_CORE} per core, each with 2 model batches and "
             f"{TASK_SECONDS:g} s of single-core work at least",
             "rss_interval_s": rss_interval,
+            "python_workers": "shared" if args.shared_python_workers else "per method",
         },
         "data": describe(files),
         "models": model_rows,

@@ -247,6 +247,25 @@ def ceiling_process_per_core(
 # Spark methods
 
 
+#: Environment variable whose value names the method a Python worker serves (see
+#: :func:`own_python_workers`).
+WORKER_ENV = "RESCORE_BENCH_METHOD"
+
+
+def own_python_workers(spark: SparkSession, method: str) -> None:
+    """Give the UDFs ``method`` creates from now on Python workers of their own.
+
+    Spark keeps one pool of reusable Python workers per distinct environment of a UDF (its
+    ``PythonWorkersKey``: interpreter, modules and environment variables), and a UDF takes its
+    environment from ``sc.environment`` when it is created. A different value of
+    :data:`WORKER_ENV` per method therefore gives each method the workers its own application
+    would have: what one method imports, caches or freezes in a worker cannot speed up or slow
+    down another (PySpark's daemon collects garbage after every task, so a method pays for
+    whatever else lives in its worker). Set it before the method's runner builds its UDF.
+    """
+    spark.sparkContext.environment[WORKER_ENV] = method
+
+
 def read_files(spark: SparkSession, folder: Path, partitions: int) -> DataFrame:
     """The folder through ``binaryFile``, split into about ``partitions`` equal partitions."""
     from pyspark.sql import functions as F

@@ -308,6 +308,22 @@ def _warmup_text(warmup: int | dict[str, int]) -> str:
     return ", ".join(parts) if parts else "no images"
 
 
+def _python_workers_lines(settings: dict[str, Any]) -> list[str]:
+    """How the Spark methods' Python workers were pooled (older results do not say: nothing)."""
+    pooling = settings.get("python_workers")
+    if pooling == "per method":
+        return [
+            "- **Python workers:** each Spark method its own (as in separate applications): what one "
+            "method imports or caches in a worker does not change another's figures"
+        ]
+    if pooling == "shared":
+        return [
+            "- **Python workers:** shared by all Spark methods (`--shared-python-workers`): each method's "
+            "figures include the garbage collection of what the others left in the workers"
+        ]
+    return []
+
+
 def render_readme(results: dict[str, Any], plot_name: str) -> str:
     """The benchmarks README: setting, table, plot, targets, scaling, memory; all from ``results``."""
     machine = results["machine"]
@@ -328,6 +344,7 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
         f"- **Run:** {results['started_at']}, {results['duration_s']:.0f} s; batch size {settings['batch_size']}, "
         f"{settings['rounds']} timed rounds per method, interleaved, after one warm-up round on "
         f"{_warmup_text(settings['warmup_images'])}",
+        *_python_workers_lines(settings),
         f"- **Images:** {results['data']['count']} generated photo-like JPEGs, "
         f"{results['data']['mean_pixels'] / 1000:.0f} kpixels and {results['data']['mean_bytes'] / 1024:.1f} KiB "
         f"on average ({results['data']['bits_per_pixel']} bits per pixel), seed {settings['seed']}",

@@ -351,3 +351,15 @@ def test_physical_limit_is_cores_over_measured_cpu_per_image(tmp_path: Path) -> 
     assert limit["cpu_ms_per_image"] >= 20.0
     assert limit["images_per_s"] == pytest.approx(2 * 1000 / limit["cpu_ms_per_image"])
     assert limit["images"] == 8
+
+
+def test_report_says_how_the_python_workers_were_pooled(tmp_path: Path) -> None:
+    results = _results()
+    write_report(results, tmp_path)
+    assert "Python workers:" not in (tmp_path / "README.md").read_text()  # older results do not say
+    results["settings"]["python_workers"] = "per method"
+    write_report(results, tmp_path)
+    assert "- **Python workers:** each Spark method its own" in (tmp_path / "README.md").read_text()
+    results["settings"]["python_workers"] = "shared"
+    write_report(results, tmp_path)
+    assert "- **Python workers:** shared by all Spark methods" in (tmp_path / "README.md").read_text()
