@@ -158,7 +158,10 @@ def rescore_partition(
     frames = score_partition(
         batches(), _predictor(version, device), options, device=device, cpus=workers, held=HeldBatches()
     )
-    return np.asarray([p for frame in frames for p in frame["probabilities"]], dtype=np.float32)
+    # every image decodes: each row holds the same number of probabilities
+    return np.concatenate(
+        [frame.column("probabilities").flatten().to_numpy().reshape(frame.num_rows, -1) for frame in frames]
+    ).astype(np.float32, copy=False)
 
 
 def rescore_spark(

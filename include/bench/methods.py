@@ -40,7 +40,7 @@ SPARK_METHODS = (RESCORE, PREDICT_BATCH_UDF, PREDICT_BATCH_UDF_BYTES, MLFLOW_SPA
 DESCRIPTIONS = {
     CEILING: "plain Python, no Spark: best of one process with a DataLoader (0..cores workers) "
     "and one single-threaded process per core",
-    RESCORE: "Rescore's scoring job (spark_jobs.score.score_images: iterator pandas UDF over binaryFile bytes)",
+    RESCORE: "Rescore's scoring job (spark_jobs.score.score_images: iterator Arrow UDF over binaryFile bytes)",
     PREDICT_BATCH_UDF: "pyspark.ml.functions.predict_batch_udf as documented: decode into an array column, "
     "then predict",
     PREDICT_BATCH_UDF_BYTES: "predict_batch_udf fed the raw bytes, decoding inside predict_fn",

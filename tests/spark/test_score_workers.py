@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from spark_jobs.model_store import Manifest, ModelVersion
@@ -213,6 +214,11 @@ def test_score_partition_yields_before_reading_ahead_more_than_the_bound(
     assert held.held == 0
 
 
+def _frame(batches: Iterator[pa.RecordBatch]) -> pd.DataFrame:
+    """What score_partition yielded, as rows of Python values (lists and dicts, as Spark's rows)."""
+    return pd.DataFrame(pa.Table.from_batches(list(batches)).to_pylist())
+
+
 def test_a_decode_thread_failure_reaches_the_task(tmp_path: Path) -> None:
     def failing():  # type: ignore[no-untyped-def]
         yield pd.Series([_png(1)]), pd.Series(["ok"])
@@ -256,7 +262,7 @@ def test_the_decode_pool_decodes_batches_at_once_and_yields_them_in_input_order(
 
     # Then several threads decoded, and the rows come out in the order they went in
     assert len({name for name in calls if name.startswith("rescore-decode")}) >= 2
-    errors = [e for frame in frames for e in frame["error"]]
+    errors = [e for frame in frames for e in frame.column("error").to_pylist()]
     assert [re.search(r"mem://\d+/\d+", e).group(0) for e in errors] == [n for row in names for n in row]  # type: ignore[union-attr]
     assert len(calls) == 30  # 15 batches of 2 rows, each cut into slices of one row for three threads
 
@@ -322,11 +328,11 @@ def test_on_a_gpu_the_pool_decodes_in_other_processes_reused_by_every_task(
     options = ScoringOptions(batch_size=4, decode="auto", output_rows=4, decode_workers=4)
 
     # When two tasks on a GPU with 4 decoding workers score them, and the same rows are scored inline
-    first = pd.concat(score_partition(batches(), predictor, options, device="cuda:0", cpus=2))
+    first = _frame(score_partition(batches(), predictor, options, device="cuda:0", cpus=2))
     pool = score._PROCESS_POOLS[4]
     workers = {pool.submit(os.getpid).result() for _ in range(8)}
-    second = pd.concat(score_partition(batches(), predictor, options, device="cuda:0", cpus=2))
-    inline = pd.concat(score_partition(batches(), predictor, ScoringOptions(batch_size=4), device="cpu"))
+    second = _frame(score_partition(batches(), predictor, options, device="cuda:0", cpus=2))
+    inline = _frame(score_partition(batches(), predictor, ScoringOptions(batch_size=4), device="cpu"))
 
     # Then the decoding ran in processes other than this one, the second task reused them, and
     # the rows are those of inline decoding, in input order, the bad image's error included
@@ -449,9 +455,9 @@ def test_on_a_gpu_a_torch_model_gets_8_bit_pixels_and_scores_as_on_the_cpu(
     # CPU task scores them inline
     on_gpu = _DtypeRecorder(build_predictor(version, num_threads=1))
     options = ScoringOptions(batch_size=4, decode="prefetch", decode_workers=workers, decode_pool=pool)
-    gpu_rows = pd.concat(score_partition(batches(), on_gpu, options, device="cuda:0", cpus=workers))
+    gpu_rows = _frame(score_partition(batches(), on_gpu, options, device="cuda:0", cpus=workers))
     on_cpu = _DtypeRecorder(build_predictor(version, num_threads=1))
-    cpu_rows = pd.concat(score_partition(batches(), on_cpu, ScoringOptions(batch_size=4), device="cpu"))
+    cpu_rows = _frame(score_partition(batches(), on_cpu, ScoringOptions(batch_size=4), device="cpu"))
 
     # Then the GPU task sent 8-bit pixels and the CPU task normalised ones, with the same results
     assert on_gpu.dtypes == {"uint8"}
