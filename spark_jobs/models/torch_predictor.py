@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 class TorchPredictor:
     """Builds the network once; :meth:`forward` runs batches under ``inference_mode``.
 
-    On ``cuda:<n>`` the network runs channels-last (faster convolutions on tensor cores) and,
-    with ``mixed_precision``, under float16 autocast; probabilities are returned as float32.
+    The network runs channels-last on every device: on a GPU its convolutions use the tensor
+    cores; on a CPU oneDNN's convolutions and pooling are faster that way (one thread, batches of
+    32: the example CNN at 64 px 0.97 -> 0.42 ms per image, most of it max-pooling; ResNet-18 at
+    160 px 17.9 -> 14.5; ResNet-50 at 224 px 115 -> 83). On ``cuda:<n>`` with
+    ``mixed_precision`` it runs under float16 autocast; probabilities are returned as float32.
 
     :meth:`forward` takes normalised float32 ``N x 3 x H x W`` batches, or (``takes_uint8``)
     8-bit ``N x H x W x 3`` pixels, which it normalises on its device with the manifest's mean
@@ -57,9 +60,7 @@ class TorchPredictor:
                 f"weights of {self.manifest.name} v{self.manifest.version} do not fit architecture "
                 f"{self.manifest.architecture!r} with {len(self.manifest.labels)} labels: {exc}"
             ) from exc
-        self.network = network.eval().to(self.device)
-        if self.device.type == "cuda":
-            self.network = self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.network = network.eval().to(self.device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._mean = torch.tensor(self.manifest.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.manifest.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._embedding: torch.Tensor | None = None
@@ -83,7 +84,7 @@ class TorchPredictor:
                     raise ValueError(f"8-bit batches must be N x H x W x 3, got {tuple(inputs.shape)}")
                 # NHWC viewed as NCHW: channels-last strides already, as the network wants on a GPU
                 inputs = (inputs.permute(0, 3, 1, 2).float() / 255.0 - self._mean) / self._std
-            if self.device.type == "cuda":
+            if inputs.dim() == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.mixed_precision):
                 outputs = self.network(inputs)

@@ -171,6 +171,22 @@ def test_torch_predictor_matches_a_direct_forward_pass_and_returns_the_embedding
     assert out.embedding.shape == (5, 64)
 
 
+def test_torch_predictor_runs_channels_last_on_the_cpu_and_feeds_it_so() -> None:
+    """oneDNN's CPU convolutions and pooling are several times faster on channels-last tensors
+    (the example CNN: 0.97 -> 0.42 ms per image on one thread)."""
+    import torch
+
+    predictor = build_predictor(ModelVersion(_torch_manifest(), _torch_weights()), num_threads=1)
+    conv = next(m for m in predictor.network.modules() if isinstance(m, torch.nn.Conv2d))  # type: ignore[attr-defined]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    seen: list[bool] = []
+    conv.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    predictor.forward(_batch())  # a plain N x 3 x H x W array
+    assert seen == [True]
+
+
 def test_torch_predictor_normalises_8_bit_pixels_on_its_device_as_the_decoder_would() -> None:
     """What the scoring UDF sends a GPU predictor: 8-bit HWC pixels, normalised by the predictor
     with the manifest's mean and std (run here on the CPU device)."""
