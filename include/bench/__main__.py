@@ -218,7 +218,9 @@ class Bench:
 
     # -- one method, one run ---------------------------------------------------------------------
 
-    def run_method(self, model: BenchModel, method: str, folder: Path, out: Path, predictor: Any) -> Stopwatch:
+    def run_method(
+        self, model: BenchModel, method: str, folder: Path, out: Path, predictor: Any, *, partitions: int | None = None
+    ) -> Stopwatch:
         shutil.rmtree(out, ignore_errors=True)
         files = sorted(folder.glob("*.jpg"))
         payload = self.ctx.payloads[model.key].value
@@ -231,12 +233,25 @@ class Bench:
                 M.ceiling_process_per_core(pool, files, out, cores=self.args.cores, batch_size=self.args.batch_size)
             else:
                 cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
-                partitions = spark_partitions(len(files), self.args.cores, self.args.batch_size, cpu_s)
+                partitions = partitions or spark_partitions(len(files), self.args.cores, self.args.batch_size, cpu_s)
                 if not self.args.shared_python_workers:
                     M.own_python_workers(self.spark, method)
                 images = M.read_files(self.spark, folder, partitions=partitions)
                 M.SPARK_RUNNERS[method](self.ctx, model.key, images, out)
         return watch
+
+    def wake_workers(self, model: BenchModel, method: str, wake: Path, predictor: Any) -> None:
+        """Untimed: run a Spark method on a few images, one task per core, just before its timed run.
+
+        Each method has Python workers of its own (:func:`M.own_python_workers`), and Spark stops
+        a pool's idle workers after a minute without tasks (hard-coded in PythonWorkerFactory):
+        with a round of the other methods in between, the timed run would otherwise start new
+        workers and build its model again (seconds for TensorFlow), which a long job does once.
+        """
+        if method in M.SPARK_METHODS and not self.args.shared_python_workers:
+            out = self.workdir / "out" / model.key / "wake" / method
+            self.run_method(model, method, wake, out, predictor, partitions=self.args.cores)
+            shutil.rmtree(out, ignore_errors=True)
 
     # -- one model: warm-up, interleaved rounds, agreement ----------------------------------------
 
@@ -270,11 +285,13 @@ class Bench:
         for method in method_names:
             watch = self.run_method(model, method, warm, outputs / "warmup" / method, predictor)
             log.info("  warm-up %-24s %6.1f s", method, watch.seconds)
+        wake = link_set(files[: 2 * self.args.cores], sets / f"{model.key}-wake")
         timed: dict[str, list[dict[str, Any]]] = {m: [] for m in method_names}
         for round_no in range(self.plan.rounds):
             shift = round_no * 3 % len(method_names)
             order = method_names[shift:] + method_names[:shift]
             for method in order:
+                self.wake_workers(model, method, wake, predictor)
                 watch = self.run_method(model, method, folder, outputs / method, predictor)
                 record = {
                     "model": model.key,
@@ -326,11 +343,13 @@ class Bench:
             folders[n] = (link_set(base, self.workdir / "sets" / f"sustained-{model.key}-{n}", copies=copies), copies)
         # Spark's floor (the same job without decoding or a model) at the same counts: its marginal
         # CPU per image is what Spark itself spends per image, which no Spark method can avoid.
+        wake = self.workdir / "sets" / f"{model.key}-wake"  # made by measure_model
         best: dict[tuple[str, int], Stopwatch] = {}  # the fastest run of each method and size
         for _ in range(2):
             for n, (folder, copies) in folders.items():
                 for method in (M.RESCORE, M.SPARK_FLOOR):
                     out = self.workdir / "out" / "sustained" / model.key
+                    self.wake_workers(model, method, wake, None)
                     watch = self.run_method(model, method, folder, out, None)
                     if (method, n) not in best or watch.seconds < best[method, n].seconds:
                         best[method, n] = watch

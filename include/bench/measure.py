@@ -45,18 +45,44 @@ def process_kind(proc: psutil.Process, driver_pid: int) -> str:
     return "other"
 
 
-def tree_cpu_by_kind(root: int | None = None) -> dict[str, float]:
-    """:func:`tree_cpu_seconds` split by :func:`process_kind`. A process that exited and was
-    reaped counts in its parent's kind (the kernel adds its CPU to the parent's children)."""
+def tree_cpu_by_process(root: int | None = None) -> dict[tuple[int, float], tuple[str, float]]:
+    """User + system CPU seconds of each process in the tree (including its reaped children),
+    keyed by (pid, start time), with its :func:`process_kind`."""
     driver_pid = root or os.getpid()
-    totals = dict.fromkeys(CPU_KINDS, 0.0)
+    cpu: dict[tuple[int, float], tuple[str, float]] = {}
     for proc in tree(driver_pid):
         try:
             t = proc.cpu_times()
+            key = (proc.pid, proc.create_time())
         except psutil.Error:
             continue
-        totals[process_kind(proc, driver_pid)] += t.user + t.system + t.children_user + t.children_system
+        cpu[key] = (process_kind(proc, driver_pid), t.user + t.system + t.children_user + t.children_system)
+    return cpu
+
+
+def tree_cpu_by_kind(root: int | None = None) -> dict[str, float]:
+    """:func:`tree_cpu_seconds` split by :func:`process_kind`. A process that exited and was
+    reaped counts in its parent's kind (the kernel adds its CPU to the parent's children)."""
+    totals = dict.fromkeys(CPU_KINDS, 0.0)
+    for kind, seconds in tree_cpu_by_process(root).values():
+        totals[kind] += seconds
     return totals
+
+
+def cpu_between(
+    start: dict[tuple[int, float], tuple[str, float]], end: dict[tuple[int, float], tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds by kind spent between two :func:`tree_cpu_by_process` snapshots, process by
+    process: a process that started meanwhile counts in full, one that vanished counts nothing.
+
+    Totals of the whole tree cannot be subtracted: PySpark's daemon ignores SIGCHLD, so a Python
+    worker that Spark stops (its idle workers after a minute without tasks) takes its lifetime's
+    CPU with it, and the difference of two totals went negative.
+    """
+    spent = dict.fromkeys(CPU_KINDS, 0.0)
+    for key, (kind, seconds) in end.items():
+        spent[kind] += seconds - start.get(key, (kind, 0.0))[1]
+    return spent
 
 
 def is_python_worker(proc: psutil.Process) -> bool:
@@ -118,7 +144,7 @@ class Stopwatch:
     """Wall seconds and process-tree CPU seconds of a block, in all and by :data:`CPU_KINDS`."""
 
     def __enter__(self) -> Stopwatch:
-        self.cpu_start = tree_cpu_by_kind()
+        self.cpu_start = tree_cpu_by_process()
         self.start = time.perf_counter()
         return self
 
@@ -126,6 +152,5 @@ class Stopwatch:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.seconds = time.perf_counter() - self.start
-        end = tree_cpu_by_kind()
-        self.cpu_by_kind = {kind: end[kind] - self.cpu_start[kind] for kind in CPU_KINDS}
-        self.cpu_seconds = max(0.0, sum(self.cpu_by_kind.values()))
+        self.cpu_by_kind = cpu_between(self.cpu_start, tree_cpu_by_process())
+        self.cpu_seconds = sum(self.cpu_by_kind.values())

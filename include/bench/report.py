@@ -314,7 +314,9 @@ def _python_workers_lines(settings: dict[str, Any]) -> list[str]:
     if pooling == "per method":
         return [
             "- **Python workers:** each Spark method its own (as in separate applications): what one "
-            "method imports or caches in a worker does not change another's figures"
+            "method imports or caches in a worker does not change another's figures; before each timed run "
+            "an untimed run on a few images wakes the method's workers (Spark stops a pool's idle workers "
+            "after a minute)"
         ]
     if pooling == "shared":
         return [

@@ -4,6 +4,7 @@ README/JSON/plot writer, and the process-tree measurements. No Spark."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
-from include.bench.measure import Stopwatch, WorkerMemorySampler, tree_cpu_by_kind, tree_cpu_seconds
+from include.bench.measure import Stopwatch, WorkerMemorySampler, cpu_between, tree_cpu_by_process, tree_cpu_seconds
 from include.bench.report import check_agreement, memory_target, summarise_runs, write_report
 
 pytestmark = pytest.mark.unit
@@ -234,12 +236,12 @@ def test_stopwatch_splits_cpu_by_process_kind() -> None:
         while time.process_time() < end:
             pass
         time.sleep(1.5)  # both children have burned their share and still run
-        alive = tree_cpu_by_kind()
+        alive = tree_cpu_by_process()
         worker.kill()
         other.kill()
         worker.wait()
         other.wait()
-    while_alive = {kind: alive[kind] - watch.cpu_start[kind] for kind in alive}
+    while_alive = cpu_between(watch.cpu_start, alive)
     assert while_alive["python_workers"] >= 0.55
     assert while_alive["other"] >= 0.35
     assert while_alive["driver"] >= 0.25
@@ -247,6 +249,43 @@ def test_stopwatch_splits_cpu_by_process_kind() -> None:
     # once reaped, the children's CPU moves to the driver (their parent): nothing is lost
     assert split["driver"] >= 1.2
     assert watch.cpu_seconds == pytest.approx(sum(split.values()))
+
+
+def test_stopwatch_is_not_thrown_off_by_a_process_that_vanishes_with_its_cpu() -> None:
+    """PySpark's daemon ignores SIGCHLD, so a worker Spark stops during a run (another method's
+    idle workers, after a minute) leaves no trace of its CPU: that CPU was spent before the run
+    and must not be subtracted from it."""
+    import signal
+
+    parent_code = (
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    end = time.process_time() + 0.8\n"
+        "    while time.process_time() < end: pass\n"
+        "    print('burned', flush=True)\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, "pyspark.daemon"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "burned"  # the worker spent its CPU before the block
+        with Stopwatch() as watch:
+            os.kill(worker, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while psutil.pid_exists(worker) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert not psutil.pid_exists(worker)
+        assert watch.cpu_by_kind["python_workers"] > -0.05  # the worker's 0.8 s are not taken off
+        assert watch.cpu_seconds > -0.05
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 def test_summarise_runs_gives_the_median_cpu_of_each_kind_of_process() -> None:
