@@ -3,7 +3,7 @@
 The driver reads the version from the model store once and broadcasts manifest + weights; the
 executors never touch the store. An iterator Arrow UDF over the image bytes decodes and
 preprocesses each model batch and runs the model on it, dropping the batch's images before it
-takes the next and yielding the predictions in frames of a few hundred rows, so a Python worker
+takes the next and yielding the predictions in Arrow batches of a few hundred rows, so a Python worker
 holds a bounded number of batches whatever the partition size (:class:`HeldBatches` counts
 them). On GPU executors a pool of decoding processes (one per task core, ``--decode-workers``,
 ``--decode-pool``) decodes the next batches while the GPU runs (``--decode prefetch``); on CPU
@@ -313,15 +313,12 @@ def predict_batch(predictor: Predictor, batch: DecodedBatch, top_k: int) -> pd.D
 
 @lru_cache(maxsize=8)
 def _label_array(labels: tuple[str, ...]) -> pa.Array:
-    import pyarrow as pa
-
     return pa.array(labels, type=pa.string())
 
 
 def _rows_of(values: np.ndarray) -> pa.ListArray:
     """An N x D array as N lists of D float32 (Arrow offsets over the flat values, no Python objects)."""
     import numpy as np
-    import pyarrow as pa
 
     rows, width = values.shape
     offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
@@ -336,7 +333,6 @@ def predicted_batch(predictor: Predictor, batch: DecodedBatch, top_k: int) -> pa
     field to convert (12 µs per row for 10 classes, more with more classes or an embedding).
     """
     import numpy as np
-    import pyarrow as pa
 
     n = batch.size
     errors = pa.array(batch.errors, type=pa.string())
@@ -581,8 +577,6 @@ def score_partition(
     alive (queued, being decoded, being scored); what waits to be sent is its rows' labels and
     probabilities, at most ``output_rows`` + ``batch_size`` rows.
     """
-    import pyarrow as pa
-
     held.reset()
     manifest = predictor.manifest
     batches = _model_batches(arrow_batches, options.batch_size, held)
