@@ -240,6 +240,10 @@ class Bench:
                 M.SPARK_RUNNERS[method](self.ctx, model.key, images, out)
         return watch
 
+    def wake_set(self, model: BenchModel) -> Path:
+        """The folder of the few images :meth:`wake_workers` runs a method on."""
+        return self.workdir / "sets" / f"{model.key}-wake"
+
     def wake_workers(self, model: BenchModel, method: str, wake: Path, predictor: Any) -> None:
         """Untimed: run a Spark method on a few images, one task per core, just before its timed run.
 
@@ -285,7 +289,7 @@ class Bench:
         for method in method_names:
             watch = self.run_method(model, method, warm, outputs / "warmup" / method, predictor)
             log.info("  warm-up %-24s %6.1f s", method, watch.seconds)
-        wake = link_set(files[: 2 * self.args.cores], sets / f"{model.key}-wake")
+        wake = link_set(files[: 2 * self.args.cores], self.wake_set(model))
         timed: dict[str, list[dict[str, Any]]] = {m: [] for m in method_names}
         for round_no in range(self.plan.rounds):
             shift = round_no * 3 % len(method_names)
@@ -343,7 +347,7 @@ class Bench:
             folders[n] = (link_set(base, self.workdir / "sets" / f"sustained-{model.key}-{n}", copies=copies), copies)
         # Spark's floor (the same job without decoding or a model) at the same counts: its marginal
         # CPU per image is what Spark itself spends per image, which no Spark method can avoid.
-        wake = self.workdir / "sets" / f"{model.key}-wake"  # made by measure_model
+        wake = self.wake_set(model)  # linked by measure_model
         best: dict[tuple[str, int], Stopwatch] = {}  # the fastest run of each method and size
         for _ in range(2):
             for n, (folder, copies) in folders.items():
