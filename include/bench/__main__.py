@@ -26,7 +26,7 @@ from include.bench import methods as M
 from include.bench.data import describe, generate_images, link_set
 from include.bench.measure import CPU_KINDS, Stopwatch, WorkerMemorySampler
 from include.bench.models import BenchModel, keras_status, prepare_models
-from include.bench.report import check_agreement, summarise_runs, write_report
+from include.bench.report import KEPT, RETURNED, check_agreement, summarise_runs, write_report
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -101,7 +101,8 @@ PLANS = {
         128,
         200,
         (1, 10, 100),
-        (50, 500, 5000),
+        # the last tenfold step shows where a worker's memory levels off (a minute of one core)
+        (50, 500, 5000, 50000),
         {"small_cnn_64": (1500, 12000), "resnet18_160": (300, 1200), "mobilenet_v2_160": (300, 1200)},
         warmup_seconds=2.0,
     ),
@@ -415,34 +416,49 @@ class Bench:
         return results
 
     def measure_memory(self, model: BenchModel, files: list[Path], interval: float) -> list[dict[str, Any]]:
+        """Peak Python-worker RSS with one partition of each of the plan's sizes, Rescore's
+        allocator setting first, then with freed memory handed back (``RESCORE_KEEP_FREED_MEMORY=0``)."""
+        from spark_jobs.allocator import ENV_SWITCH
+
         base = files[: self.plan.memory_partitions[0]]
         results = []
-        for size in self.plan.memory_partitions:
-            copies = size // len(base)
-            folder = link_set(base, self.workdir / "sets" / f"memory-{size}", copies=copies)
-            # Fresh Python workers for every size, so one size's peak cannot carry over to the next.
-            self.spark.stop()
-            self.spark = start_spark(self.args.cores, self.args.batch_size)
-            self.ctx.spark = self.spark
-            payload = {"manifest": model.version.manifest.to_dict(), "weights": model.version.weights}
-            self.ctx.payloads[model.key] = self.spark.sparkContext.broadcast(payload)
-            out = self.workdir / "out" / "memory" / str(size)
-            shutil.rmtree(out, ignore_errors=True)
-            with WorkerMemorySampler(interval) as sampler:
-                images = M.read_files(self.spark, folder, partitions=1)
-                M.run_rescore(self.ctx, model.key, images, out)
-            results.append(
-                {
-                    "model": model.key,
-                    "partition_images": len(base) * copies,
-                    "peak_worker_mb": sampler.peak_worker_bytes / 2**20,
-                    "peak_total_mb": sampler.peak_total_bytes / 2**20,
-                    "samples": sampler.samples,
-                }
-            )
-            log.info(
-                "memory: %d images in one partition, peak worker RSS %.0f MiB", size, sampler.peak_worker_bytes / 2**20
-            )
+        for allocator in (KEPT, RETURNED):
+            for size in self.plan.memory_partitions:
+                copies = size // len(base)
+                folder = link_set(base, self.workdir / "sets" / f"memory-{size}", copies=copies)
+                # Fresh Python workers for every size, so one size's peak cannot carry over to the next.
+                self.spark.stop()
+                self.spark = start_spark(self.args.cores, self.args.batch_size)
+                self.ctx.spark = self.spark
+                if allocator == RETURNED:  # the workers inherit it (their environment comes from the UDF)
+                    self.spark.sparkContext.environment[ENV_SWITCH] = "0"
+                payload = {"manifest": model.version.manifest.to_dict(), "weights": model.version.weights}
+                self.ctx.payloads[model.key] = self.spark.sparkContext.broadcast(payload)
+                out = self.workdir / "out" / "memory" / str(size)
+                shutil.rmtree(out, ignore_errors=True)
+                with WorkerMemorySampler(interval) as sampler, Stopwatch() as watch:
+                    # one task: binaryFile would split the files over the cores (bytes per core)
+                    images = M.read_files(self.spark, folder, partitions=1).coalesce(1)
+                    M.run_rescore(self.ctx, model.key, images, out)
+                count = len(base) * copies
+                results.append(
+                    {
+                        "model": model.key,
+                        "allocator": allocator,
+                        "partition_images": count,
+                        "peak_worker_mb": sampler.peak_worker_bytes / 2**20,
+                        "peak_total_mb": sampler.peak_total_bytes / 2**20,
+                        "python_cpu_ms_per_image": 1000 * watch.cpu_by_kind["python_workers"] / count,
+                        "samples": sampler.samples,
+                    }
+                )
+                log.info(
+                    "memory (%s): %d images in one partition, peak worker RSS %.0f MiB",
+                    allocator,
+                    count,
+                    sampler.peak_worker_bytes / 2**20,
+                )
+                shutil.rmtree(out, ignore_errors=True)
         return results
 
 

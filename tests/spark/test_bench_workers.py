@@ -44,3 +44,35 @@ def test_each_method_gets_python_workers_of_its_own(spark: SparkSession) -> None
     assert not {pid for pid, _ in first} & {pid for pid, _ in second}
     # a method's workers are reused by its next run, as in one application
     assert {pid for pid, _ in again} <= {pid for pid, _ in first}
+
+
+def _keeps_freed_memory(spark: SparkSession) -> set[bool]:
+    """What spark_jobs.allocator did in the Python workers of a fresh UDF (it takes the
+    environment when it is created)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("boolean")  # type: ignore[call-overload]
+    def keeps(ids: pd.Series) -> pd.Series:
+        from spark_jobs.allocator import keep_freed_memory
+
+        return pd.Series([keep_freed_memory()] * len(ids))
+
+    return {row.k for row in spark.range(0, 8, numPartitions=2).select(keeps("id").alias("k")).collect()}
+
+
+def test_the_memory_runs_switch_rescores_allocator_setting_off_in_the_workers(spark: SparkSession) -> None:
+    """The bench's ``returned`` memory runs rely on this: a UDF created after the switch is set in
+    ``sc.environment`` runs in workers where spark_jobs.allocator leaves malloc alone."""
+    from spark_jobs.allocator import ENV_SWITCH
+
+    saved = dict(spark.sparkContext.environment)
+    try:
+        spark.sparkContext.environment[ENV_SWITCH] = "0"
+        switched_off = _keeps_freed_memory(spark)
+        spark.sparkContext.environment[ENV_SWITCH] = "1"
+        default = _keeps_freed_memory(spark)
+    finally:
+        spark.sparkContext.environment.clear()
+        spark.sparkContext.environment.update(saved)
+    assert switched_off == {False}
+    assert default == {True}  # glibc (Linux): the settings apply
