@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,11 +16,82 @@ from spark_jobs.models.torch_nets import build_network
 if TYPE_CHECKING:
     from spark_jobs.model_store import ModelVersion
 
+log = logging.getLogger(__name__)
+
+#: per architecture: the (convolution, batch norm) module pairs where the norm only ever reads
+#: that convolution's output, found once per process by tracing (see :func:`conv_bn_pairs`)
+_PAIRS: dict[str, list[tuple[str, str]]] = {}
+
+
+def conv_bn_pairs(network: torch.nn.Module) -> list[tuple[str, str]]:
+    """Names of every ``Conv2d`` whose output goes only to a ``BatchNorm2d``, with that norm.
+
+    Found from the network's traced graph (``torch.fx``), not from the order of its modules: a
+    module defined next to another need not run next to it. A network that cannot be traced
+    (data-dependent control flow) gets no pairs: it runs unfolded, as before.
+    """
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(network).graph
+    except Exception as exc:  # any tracing failure means: leave the network as it is
+        log.info("%s cannot be traced (%s): its batch norms stay unfolded", type(network).__name__, exc)
+        return []
+    modules = dict(network.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), torch.nn.BatchNorm2d):
+            continue
+        source = node.args[0] if node.args else None
+        if not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) != 1:
+            continue
+        if not isinstance(modules.get(source.target), torch.nn.Conv2d):
+            continue
+        if calls[str(source.target)] == 1 and calls[str(node.target)] == 1:  # a module called twice is shared: leave it
+            pairs.append((str(source.target), str(node.target)))
+    return pairs
+
+
+def fold_batch_norms(network: torch.nn.Module, pairs: list[tuple[str, str]], keep: str | None = None) -> int:
+    """Fold each eval-mode batch norm of ``pairs`` into its convolution's weights and bias and
+    put an ``Identity`` in its place; module names stay, so a hook on any of them still works.
+
+    A norm at inference is a per-channel scale and shift, so the folded convolution computes the
+    same values in one pass (within float32 rounding) instead of writing and reading the whole
+    activation twice. ``keep`` names a module whose own output must not change (the manifest's
+    embedding layer): a convolution of that name is not folded. Returns how many were folded.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for conv_name, bn_name in pairs:
+        conv, bn = network.get_submodule(conv_name), network.get_submodule(bn_name)
+        if conv_name == keep or not isinstance(conv, torch.nn.Conv2d) or not isinstance(bn, torch.nn.BatchNorm2d):
+            continue
+        if conv.training or bn.training or bn.running_mean is None or bn.running_var is None:
+            continue
+        _replace(network, conv_name, fuse_conv_bn_eval(conv, bn))
+        _replace(network, bn_name, torch.nn.Identity())
+        folded += 1
+    return folded
+
+
+def _replace(network: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(network.get_submodule(parent) if parent else network, leaf, module)
+
 
 class TorchPredictor:
     """Builds the network once; :meth:`forward` runs batches under ``inference_mode``.
 
-    The network runs channels-last on every device: on a GPU its convolutions use the tensor
+    Batch norms that follow a convolution are folded into it when the network is built
+    (:func:`fold_batch_norms`; one thread, batches of 32, channels-last: the example CNN at 64 px
+    0.64 -> 0.34 ms per image, ResNet-18 at 160 px 18.9-19.1 -> 17.8-18.5). The network runs
+    channels-last on every device: on a GPU its convolutions use the tensor
     cores; on a CPU oneDNN's convolutions and pooling are faster that way (one thread, batches of
     32: the example CNN at 64 px 0.97 -> 0.42 ms per image, most of it max-pooling; ResNet-18 at
     160 px 17.9 -> 14.5; ResNet-50 at 224 px 115 -> 83). On ``cuda:<n>`` with
@@ -60,7 +132,12 @@ class TorchPredictor:
                 f"weights of {self.manifest.name} v{self.manifest.version} do not fit architecture "
                 f"{self.manifest.architecture!r} with {len(self.manifest.labels)} labels: {exc}"
             ) from exc
-        self.network = network.eval().to(self.device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        network.eval()
+        architecture = self.manifest.architecture
+        if architecture not in _PAIRS:
+            _PAIRS[architecture] = conv_bn_pairs(network)
+        self.folded = fold_batch_norms(network, _PAIRS[architecture], keep=self.manifest.embedding)
+        self.network = network.to(self.device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._mean = torch.tensor(self.manifest.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.manifest.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._embedding: torch.Tensor | None = None

@@ -187,6 +187,93 @@ def test_torch_predictor_runs_channels_last_on_the_cpu_and_feeds_it_so() -> None
     assert seen == [True]
 
 
+def _weights_with_trained_norms(architecture: str, classes: int, seed: int = 0) -> bytes:
+    """Random weights whose batch norms carry statistics and affine terms far from the identity
+    (a freshly built network's norms are nearly no-ops, which would hide a wrong fold)."""
+    import torch
+    from safetensors.torch import save
+
+    from spark_jobs.models.torch_nets import build_network
+
+    torch.manual_seed(seed)
+    net = build_network(architecture, classes)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1.0, 1.0)
+            module.running_var.uniform_(0.3, 3.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return save({k: v.contiguous() for k, v in net.state_dict().items()})
+
+
+@pytest.mark.parametrize(("architecture", "size", "norms"), [("small_cnn", 32, 4), ("resnet18", 64, 20)])
+def test_batch_norms_are_folded_into_their_convolutions_without_changing_the_output(
+    architecture: str, size: int, norms: int
+) -> None:
+    import torch
+    from safetensors.torch import load
+
+    from spark_jobs.models.torch_nets import build_network
+
+    weights = _weights_with_trained_norms(architecture, len(LABELS))
+    manifest = _torch_manifest(architecture=architecture, input_size=size)
+    predictor = build_predictor(ModelVersion(manifest, weights), num_threads=1)
+    network = predictor.network  # type: ignore[attr-defined]
+    assert predictor.folded == norms  # type: ignore[attr-defined]
+    assert not [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    batch = np.random.default_rng(1).normal(size=(4, 3, size, size)).astype(np.float32)
+    plain = build_network(architecture, len(LABELS))
+    plain.load_state_dict(load(weights))
+    plain.eval()
+    with torch.no_grad():
+        expected = torch.softmax(plain(torch.from_numpy(batch)), dim=1).numpy()
+    assert expected.max() - expected.min() > 0.05  # the norms matter to the output being compared
+    np.testing.assert_allclose(predictor.forward(batch).probabilities, expected, atol=1e-5)
+
+
+def test_an_embedding_layer_keeps_its_own_output_when_norms_are_folded() -> None:
+    """The manifest's embedding may name a convolution: its output is what the user asked for,
+    so that one convolution keeps its norm apart; the others are folded."""
+    import torch
+    from safetensors.torch import load
+
+    from spark_jobs.models.torch_nets import SmallCNN
+
+    weights = _weights_with_trained_norms("small_cnn", len(LABELS))
+    predictor = build_predictor(ModelVersion(_torch_manifest(embedding="features.3.0"), weights), num_threads=1)
+    assert predictor.folded == 3  # type: ignore[attr-defined]
+    batch = _batch()
+    out = predictor.forward(batch)
+
+    net = SmallCNN(len(LABELS))
+    net.load_state_dict(load(weights))
+    net.eval()
+    with torch.no_grad():
+        conv_out = net.features[3][0](net.features[:3](torch.from_numpy(batch)))
+    assert out.embedding is not None
+    np.testing.assert_allclose(out.embedding, conv_out.reshape(5, -1).numpy(), atol=1e-4)
+
+
+def test_an_untraceable_network_is_scored_unfolded() -> None:
+    import torch
+
+    from spark_jobs.models.torch_predictor import conv_bn_pairs
+
+    class DataDependent(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.norm = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # control flow on values: torch.fx cannot trace it
+                return self.norm(self.conv(x))
+            return self.conv(x)
+
+    assert conv_bn_pairs(DataDependent()) == []
+
+
 def test_torch_predictor_normalises_8_bit_pixels_on_its_device_as_the_decoder_would() -> None:
     """What the scoring UDF sends a GPU predictor: 8-bit HWC pixels, normalised by the predictor
     with the manifest's mean and std (run here on the CPU device)."""
