@@ -306,6 +306,7 @@ class Bench:
                     "seconds": watch.seconds,
                     "cpu_seconds": watch.cpu_seconds,
                     "cpu_seconds_by_process": watch.cpu_by_kind,
+                    "jvm_cpu_seconds_by_thread": watch.jvm_by_thread,
                 }
                 timed[method].append(record)
                 self.runs.append(record)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import psutil
 
@@ -70,7 +72,7 @@ def tree_cpu_by_kind(root: int | None = None) -> dict[str, float]:
 
 
 def cpu_between(
-    start: dict[tuple[int, float], tuple[str, float]], end: dict[tuple[int, float], tuple[str, float]]
+    start: dict[Any, tuple[str, float]], end: dict[Any, tuple[str, float]], kinds: tuple[str, ...] = CPU_KINDS
 ) -> dict[str, float]:
     """CPU seconds by kind spent between two :func:`tree_cpu_by_process` snapshots, process by
     process: a process that started meanwhile counts in full, one that vanished counts nothing.
@@ -79,10 +81,51 @@ def cpu_between(
     worker that Spark stops (its idle workers after a minute without tasks) takes its lifetime's
     CPU with it, and the difference of two totals went negative.
     """
-    spent = dict.fromkeys(CPU_KINDS, 0.0)
+    spent = dict.fromkeys(kinds, 0.0)
     for key, (kind, seconds) in end.items():
         spent[kind] += seconds - start.get(key, (kind, 0.0))[1]
     return spent
+
+
+#: The JVM's threads by what they do, from their names as the kernel keeps them (15 characters):
+#: the JIT compilers, the garbage collector, Spark's task threads (reading files, Arrow to and from
+#: the Python workers, writing Parquet); ``other`` is every other thread (Arrow's writer threads
+#: to the workers, the scheduler, RPC).
+JVM_THREAD_GROUPS: dict[str, tuple[str, ...]] = {
+    "compiler": ("C1 CompilerThre", "C2 CompilerThre"),
+    "gc": ("GC Thread", "G1 "),
+    "tasks": ("Executor task",),
+}
+JVM_GROUPS = (*JVM_THREAD_GROUPS, "other")
+
+
+def jvm_thread_group(name: str) -> str:
+    """One of :data:`JVM_GROUPS` for a JVM thread's kernel name."""
+    for group, prefixes in JVM_THREAD_GROUPS.items():
+        if name.startswith(prefixes):
+            return group
+    return "other"
+
+
+def jvm_threads_cpu(root: int | None = None) -> dict[tuple[int, int], tuple[str, float]]:
+    """User + system CPU seconds of each thread of the JVMs in the tree, keyed by (pid, thread
+    id), with its :func:`jvm_thread_group` (names from ``/proc``: Linux; elsewhere ``other``)."""
+    driver_pid = root or os.getpid()
+    cpu: dict[tuple[int, int], tuple[str, float]] = {}
+    for proc in tree(driver_pid):
+        if process_kind(proc, driver_pid) != "jvm":
+            continue
+        try:
+            threads = proc.threads()
+        except psutil.Error:
+            continue
+        for thread in threads:
+            try:
+                name = Path(f"/proc/{proc.pid}/task/{thread.id}/comm").read_text().strip()
+            except OSError:
+                name = ""
+            cpu[proc.pid, thread.id] = (jvm_thread_group(name), thread.user_time + thread.system_time)
+    return cpu
 
 
 def is_python_worker(proc: psutil.Process) -> bool:
@@ -141,9 +184,11 @@ class WorkerMemorySampler:
 
 
 class Stopwatch:
-    """Wall seconds and process-tree CPU seconds of a block, in all and by :data:`CPU_KINDS`."""
+    """Wall seconds and process-tree CPU seconds of a block, in all, by :data:`CPU_KINDS` and
+    the JVM's by :data:`JVM_GROUPS`."""
 
     def __enter__(self) -> Stopwatch:
+        self.jvm_start = jvm_threads_cpu()
         self.cpu_start = tree_cpu_by_process()
         self.start = time.perf_counter()
         return self
@@ -154,3 +199,5 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.start
         self.cpu_by_kind = cpu_between(self.cpu_start, tree_cpu_by_process())
         self.cpu_seconds = sum(self.cpu_by_kind.values())
+        #: the JVM's CPU by :data:`JVM_GROUPS`, over the threads alive at the end of the block
+        self.jvm_by_thread = cpu_between(self.jvm_start, jvm_threads_cpu(), JVM_GROUPS)

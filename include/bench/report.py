@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from include.bench.measure import CPU_KINDS
+from include.bench.measure import CPU_KINDS, JVM_GROUPS
 
 MIN_ARGMAX_AGREEMENT = 0.99
 PROBABILITY_TOLERANCE = 1e-3
@@ -95,15 +95,19 @@ def summarise_runs(runs: list[dict[str, Any]], images: int) -> dict[str, Any]:
         "images_per_s_median": images / statistics.median(seconds),
         "cpu_ms_per_image": 1000 * statistics.median(cpu) / images,
         "cpu_ms_per_image_by_process": _median_by_process(runs, images),
+        "jvm_cpu_ms_per_image_by_thread": _median_by_process(runs, images, "jvm_cpu_seconds_by_thread"),
     }
 
 
-def _median_by_process(runs: list[dict[str, Any]], images: int) -> dict[str, float] | None:
-    """Median CPU ms per image of each kind of process (Python workers, JVM, driver, other), where
-    every run recorded the split (results of older harnesses did not)."""
+def _median_by_process(
+    runs: list[dict[str, Any]], images: int, key: str = "cpu_seconds_by_process"
+) -> dict[str, float] | None:
+    """Median CPU ms per image of each kind of process (Python workers, JVM, driver, other), or
+    of each group of the JVM's threads (``key="jvm_cpu_seconds_by_thread"``), where every run
+    recorded the split (results of older harnesses did not)."""
     splits: list[dict[str, float]] = []
     for run in runs:
-        split = run.get("cpu_seconds_by_process")
+        split = run.get(key)
         if split is None:
             return None
         splits.append(split)
@@ -223,6 +227,9 @@ def cpu_notes(summary: list[dict[str, Any]]) -> list[str]:
                 f"{extra:+.1f} ms; Rescore's Python workers {split['python_workers']:.2f} ms, "
                 f"the JVM {split['jvm']:.2f} ms, the driver {split['driver']:.2f} ms"
             )
+            threads = rescore.get("jvm_cpu_ms_per_image_by_thread")
+            if threads:
+                where += f", of the JVM's the JIT compiler {threads['compiler']:.2f} ms"
         else:
             where = f"{extra:+.1f} ms: JVM file reading, Arrow transfer to the Python workers, Parquet writing"
         notes.append(
@@ -323,6 +330,38 @@ def _cpu_by_process_table(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _jvm_by_thread_table(summary: list[dict[str, Any]]) -> list[str]:
+    """The JVM's CPU ms per image by thread group, per Spark method (median run)."""
+    rows = [
+        row
+        for row in summary
+        if row["method"] != "ceiling"
+        and row.get("jvm_cpu_ms_per_image_by_thread")
+        and row.get("cpu_ms_per_image_by_process")
+    ]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### The JVM's CPU by thread (ms per image, median run)",
+        "",
+        "What the JVM column above is made of, read per thread from `/proc` (threads alive at the end of a "
+        "run): `compiler` is the JIT compiling Spark's hot paths and each query's generated code, which a "
+        "fresh application pays on the cores that score; `gc` the garbage collector; `tasks` Spark's task "
+        "threads (reading files, Arrow to and from the Python workers, writing Parquet); `other` every other "
+        "thread.",
+        "",
+        "| model | method | " + " | ".join(JVM_GROUPS) + " | JVM |",
+        "| --- | --- | " + " | ".join("---:" for _ in JVM_GROUPS) + " | ---: |",
+    ]
+    for row in rows:
+        split = row["jvm_cpu_ms_per_image_by_thread"]
+        cells = [_fmt(split.get(group), 2) for group in JVM_GROUPS]
+        jvm = _fmt(row["cpu_ms_per_image_by_process"]["jvm"], 2)
+        lines.append(f"| {row['model']} | {_method_label(row)} | " + " | ".join(cells) + f" | {jvm} |")
+    return lines
+
+
 def _method_label(row: dict[str, Any]) -> str:
     """The method's name, with the ceiling's winning configuration beside it."""
     return row["method"] + (f" ({row['ceiling_config']})" if row.get("ceiling_config") else "")
@@ -420,6 +459,7 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
         cells = [_fmt(info["configs"].get(c)) for c in results["ceiling_configs"]]
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {info['best_config']} |")
     lines += _cpu_by_process_table(results["summary"])
+    lines += _jvm_by_thread_table(results["summary"])
     lines += [
         "",
         "## Targets",

@@ -76,3 +76,19 @@ def test_the_memory_runs_switch_rescores_allocator_setting_off_in_the_workers(sp
         spark.sparkContext.environment.update(saved)
     assert switched_off == {False}
     assert default == {True}  # glibc (Linux): the settings apply
+
+
+def test_the_stopwatch_splits_the_jvms_cpu_by_thread(spark: SparkSession) -> None:
+    """The JVM's CPU of a Spark job, thread by thread: its task threads did the work, and the
+    groups add up to no more than the JVM process's own CPU over the same block."""
+    from pyspark.sql import functions as F
+
+    from include.bench.measure import JVM_GROUPS, Stopwatch
+
+    with Stopwatch() as watch:
+        spark.range(0, 3_000_000, numPartitions=2).select(F.sha2(F.col("id").cast("string"), 256).alias("h")).agg(
+            F.max("h")
+        ).collect()
+    assert set(watch.jvm_by_thread) == set(JVM_GROUPS)
+    assert watch.jvm_by_thread["tasks"] > 0.1
+    assert sum(watch.jvm_by_thread.values()) <= watch.cpu_by_kind["jvm"] + 0.05

@@ -15,7 +15,14 @@ import numpy as np
 import psutil
 import pytest
 
-from include.bench.measure import Stopwatch, WorkerMemorySampler, cpu_between, tree_cpu_by_process, tree_cpu_seconds
+from include.bench.measure import (
+    Stopwatch,
+    WorkerMemorySampler,
+    cpu_between,
+    jvm_thread_group,
+    tree_cpu_by_process,
+    tree_cpu_seconds,
+)
 from include.bench.report import check_agreement, memory_targets, summarise_runs, write_report
 
 pytestmark = pytest.mark.unit
@@ -192,6 +199,50 @@ def test_report_shows_the_cpu_of_each_kind_of_process_per_method(tmp_path: Path)
     assert "### CPU by process (ms per image, median run)" in readme
     assert "| m64 | rescore | 9.50 | 2.75 | 0.25 | 0.00 | 12.50 |" in readme
     assert "| m64 | predict_batch_udf | 9.50" not in readme  # no split recorded for it
+
+
+def test_report_splits_the_jvms_cpu_by_thread_from_the_runs(tmp_path: Path) -> None:
+    runs = [
+        {
+            "seconds": seconds,
+            "cpu_seconds": 2.0,
+            "cpu_seconds_by_process": {"python_workers": 1.0, "jvm": 0.8, "driver": 0.1, "other": 0.1},
+            "jvm_cpu_seconds_by_thread": {"compiler": compiler, "gc": 0.05, "tasks": 0.3, "other": 0.05},
+        }
+        for seconds, compiler in ((1.0, 0.2), (1.2, 0.4), (1.1, 0.3))
+    ]
+    summary = summarise_runs(runs, 100)
+    assert summary["jvm_cpu_ms_per_image_by_thread"] == pytest.approx(
+        {"compiler": 3.0, "gc": 0.5, "tasks": 3.0, "other": 0.5}
+    )
+    results = _results()
+    results["summary"][0].update(summary)  # the ceiling: its idle JVM is not a method's
+    results["summary"][1].update(summary)
+    write_report(results, tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "### The JVM's CPU by thread (ms per image, median run)" in readme
+    assert "| m64 | rescore | 3.00 | 0.50 | 3.00 | 0.50 | 8.00 |" in readme
+    assert not [
+        line for line in readme.splitlines() if line.startswith("| m64 | ceiling") and "| 3.00 | 0.50 |" in line
+    ]
+    assert "of the JVM's the JIT compiler 3.00 ms" in readme
+    del runs[1]["jvm_cpu_seconds_by_thread"]  # results of a harness that did not record it
+    assert summarise_runs(runs, 100)["jvm_cpu_ms_per_image_by_thread"] is None
+
+
+def test_jvm_threads_are_grouped_by_their_kernel_names() -> None:
+    names = {
+        "C2 CompilerThre": "compiler",
+        "C1 CompilerThre": "compiler",
+        "GC Thread#0": "gc",
+        "G1 Conc#0": "gc",
+        "G1 Refine#0": "gc",
+        "Executor task l": "tasks",
+        "Thread-3": "other",
+        "VM Thread": "other",
+        "": "other",
+    }
+    assert {name: jvm_thread_group(name) for name in names} == names
 
 
 def test_report_names_each_models_warm_up_and_reads_older_results(tmp_path: Path) -> None:
