@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from spark_jobs.model_store import Manifest
 from spark_jobs.models import BatchOutput
@@ -81,3 +82,18 @@ def test_a_batch_where_nothing_decoded_is_all_errors() -> None:
     assert predictor.seen == []
     assert [r["error"] for r in rows] == ["cannot decode a: x", "cannot decode b: y"]
     assert all(r[name] is None for r in rows for name in PREDICTION_FIELDS[:-1])
+
+
+@pytest.mark.parametrize("classes", [3, 12, 50, 1000])
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_top_k_indices_match_a_stable_sort_of_whole_rows_ties_and_nans_included(classes: int, k: int) -> None:
+    from spark_jobs.score import top_k_indices
+
+    rng = np.random.default_rng(classes * 10 + k)
+    smooth = rng.random((64, classes)).astype(np.float32)
+    tied = np.round(rng.random((64, classes)) * 4).astype(np.float32) / 4  # many equal values per row
+    probs = np.concatenate([smooth, tied])
+    probs[5, : classes // 2] = np.nan
+    probs[6] = 0.25  # a whole row of one value
+    expected = np.argsort(-probs, axis=1, kind="stable")[:, : min(k, classes)]
+    np.testing.assert_array_equal(top_k_indices(probs, min(k, classes)), expected)
