@@ -422,11 +422,13 @@ class Bench:
         from spark_jobs.allocator import ENV_SWITCH
 
         base = files[: self.plan.memory_partitions[0]]
+        folders = {  # linked once: both settings read the same files
+            size: link_set(base, self.workdir / "sets" / f"memory-{size}", copies=size // len(base))
+            for size in self.plan.memory_partitions
+        }
         results = []
         for allocator in (KEPT, RETURNED):
-            for size in self.plan.memory_partitions:
-                copies = size // len(base)
-                folder = link_set(base, self.workdir / "sets" / f"memory-{size}", copies=copies)
+            for size, folder in folders.items():
                 # Fresh Python workers for every size, so one size's peak cannot carry over to the next.
                 self.spark.stop()
                 self.spark = start_spark(self.args.cores, self.args.batch_size)
@@ -441,7 +443,7 @@ class Bench:
                     # one task: binaryFile would split the files over the cores (bytes per core)
                     images = M.read_files(self.spark, folder, partitions=1).coalesce(1)
                     M.run_rescore(self.ctx, model.key, images, out)
-                count = len(base) * copies
+                count = len(base) * (size // len(base))
                 results.append(
                     {
                         "model": model.key,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,6 +54,17 @@ def _torch_weights(seed: int = 0) -> bytes:
     torch.manual_seed(seed)
     net = build_network("small_cnn", len(LABELS))
     return save({k: v.contiguous() for k, v in net.state_dict().items()})
+
+
+def _plain_network(weights: bytes, architecture: str = "small_cnn") -> Any:
+    """The architecture with ``weights`` loaded, in eval mode, untouched by the predictor: the reference."""
+    from safetensors.torch import load
+
+    from spark_jobs.models.torch_nets import build_network
+
+    net = build_network(architecture, len(LABELS))
+    net.load_state_dict(load(weights))
+    return net.eval()
 
 
 def _keras_file(tmp_path: Path, *, output: str = "probabilities") -> Path:
@@ -150,18 +162,13 @@ def test_non_safetensors_bytes_are_refused_when_loading() -> None:
 
 def test_torch_predictor_matches_a_direct_forward_pass_and_returns_the_embedding() -> None:
     import torch
-    from safetensors.torch import load
-
-    from spark_jobs.models.torch_nets import SmallCNN
 
     weights = _torch_weights()
     predictor = build_predictor(ModelVersion(_torch_manifest(embedding="pool"), weights), num_threads=1)
     batch = _batch()
     out = predictor.forward(batch)
 
-    net = SmallCNN(len(LABELS))
-    net.load_state_dict(load(weights))
-    net.eval()
+    net = _plain_network(weights)
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(batch)), dim=1).numpy()
         pooled = net.pool(net.features(torch.from_numpy(batch))).reshape(5, -1).numpy()
@@ -211,9 +218,6 @@ def test_batch_norms_are_folded_into_their_convolutions_without_changing_the_out
     architecture: str, size: int, norms: int
 ) -> None:
     import torch
-    from safetensors.torch import load
-
-    from spark_jobs.models.torch_nets import build_network
 
     weights = _weights_with_trained_norms(architecture, len(LABELS))
     manifest = _torch_manifest(architecture=architecture, input_size=size)
@@ -223,9 +227,7 @@ def test_batch_norms_are_folded_into_their_convolutions_without_changing_the_out
     assert not [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
     batch = np.random.default_rng(1).normal(size=(4, 3, size, size)).astype(np.float32)
-    plain = build_network(architecture, len(LABELS))
-    plain.load_state_dict(load(weights))
-    plain.eval()
+    plain = _plain_network(weights, architecture)
     with torch.no_grad():
         expected = torch.softmax(plain(torch.from_numpy(batch)), dim=1).numpy()
     assert expected.max() - expected.min() > 0.05  # the norms matter to the output being compared
@@ -236,9 +238,6 @@ def test_an_embedding_layer_keeps_its_own_output_when_norms_are_folded() -> None
     """The manifest's embedding may name a convolution: its output is what the user asked for,
     so that one convolution keeps its norm apart; the others are folded."""
     import torch
-    from safetensors.torch import load
-
-    from spark_jobs.models.torch_nets import SmallCNN
 
     weights = _weights_with_trained_norms("small_cnn", len(LABELS))
     predictor = build_predictor(ModelVersion(_torch_manifest(embedding="features.3.0"), weights), num_threads=1)
@@ -246,9 +245,7 @@ def test_an_embedding_layer_keeps_its_own_output_when_norms_are_folded() -> None
     batch = _batch()
     out = predictor.forward(batch)
 
-    net = SmallCNN(len(LABELS))
-    net.load_state_dict(load(weights))
-    net.eval()
+    net = _plain_network(weights)
     with torch.no_grad():
         conv_out = net.features[3][0](net.features[:3](torch.from_numpy(batch)))
     assert out.embedding is not None
@@ -278,9 +275,6 @@ def test_torch_predictor_normalises_8_bit_pixels_on_its_device_as_the_decoder_wo
     """What the scoring UDF sends a GPU predictor: 8-bit HWC pixels, normalised by the predictor
     with the manifest's mean and std (run here on the CPU device)."""
     import torch
-    from safetensors.torch import load
-
-    from spark_jobs.models.torch_nets import SmallCNN
 
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     weights = _torch_weights()
@@ -290,9 +284,7 @@ def test_torch_predictor_normalises_8_bit_pixels_on_its_device_as_the_decoder_wo
 
     scaled = pixels.astype(np.float32) / np.float32(255)
     chw = ((scaled - np.float32(mean)) / np.float32(std)).transpose(0, 3, 1, 2).copy()
-    net = SmallCNN(len(LABELS))
-    net.load_state_dict(load(weights))
-    net.eval()
+    net = _plain_network(weights)
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(chw)), dim=1).numpy()
     np.testing.assert_allclose(out.probabilities, expected, atol=1e-6)
