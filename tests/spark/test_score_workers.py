@@ -132,6 +132,40 @@ def test_a_second_job_with_the_same_version_reuses_the_built_model(spark: SparkS
     assert sum(first.values()) >= 1
 
 
+def test_a_new_run_stamp_does_not_make_spark_generate_and_compile_the_query_again(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    # Given images scored once, with a stamp, in this application
+    manifest = _manifest("fake-stamp", tmp_path)
+    images = _images(spark, 12, partitions=2)
+    payload = spark.sparkContext.broadcast({"manifest": manifest.to_dict(), "weights": b""})
+    codegen = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics  # type: ignore[union-attr]
+    options = ScoringOptions(batch_size=4, builder=counting_builder)
+
+    def scored(stamp: datetime) -> tuple[set[Any], int]:
+        before = codegen.METRIC_COMPILATION_TIME().getCount()
+        frame = score_images(images, payload, run_id=f"run-{stamp:%H}", options=options, scored_at=stamp)
+        rows = frame.select("scored_at", "run_id").collect()
+        compiled = codegen.METRIC_COMPILATION_TIME().getCount() - before
+        return {(r["scored_at"].astimezone(UTC), r["run_id"]) for r in rows}, compiled
+
+    try:
+        first, _ = scored(datetime(2026, 11, 1, 9, tzinfo=UTC))
+        # When the same job runs again with another stamp and run id
+        second, compiled = scored(datetime(2026, 11, 2, 10, tzinfo=UTC))
+    finally:
+        payload.unpersist()
+
+    # Then every row carries its run's stamp, and Spark reused the code it generated the first
+    # time (a timestamp literal in the projection is written into the generated code: 2 new
+    # classes to compile on every run)
+    assert first == {(datetime(2026, 11, 1, 9, tzinfo=UTC), "run-09")}
+    assert second == {(datetime(2026, 11, 2, 10, tzinfo=UTC), "run-10")}
+    assert compiled == 0
+
+
 @pytest.mark.parametrize(
     ("decode", "arrow_batch", "pool"),
     [("inline", 600, ""), ("inline", 50, ""), ("prefetch", 600, ""), ("prefetch", 600, "process")],
