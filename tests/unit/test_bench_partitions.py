@@ -17,6 +17,8 @@ pytestmark = pytest.mark.unit
         (1200, 0.030, 16),  # capped at 8 per core
         (1024, 0.0025, 2),  # a cheap model: 1 s of work takes 400 images, so 2 partitions
         (12000, 0.0025, 16),
+        (6000, 0.0006, 4),  # 1,667 images make a second: 3 would fit, rounded up to a multiple of the cores
+        (2400, 0.0055, 14),  # 13 fit
     ],
 )
 def test_partitions_carry_two_batches_and_a_second_of_work_and_at_most_eight_per_core(
