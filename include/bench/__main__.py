@@ -431,13 +431,13 @@ class Bench:
         from spark_jobs.allocator import ENV_SWITCH
 
         base = files[: self.plan.memory_partitions[0]]
-        folders = {  # linked once: both settings read the same files
-            size: link_set(base, self.workdir / "sets" / f"memory-{size}", copies=size // len(base))
-            for size in self.plan.memory_partitions
-        }
+        folders = {}  # images in the partition -> its folder, linked once: both settings read the same files
+        for size in self.plan.memory_partitions:
+            copies = size // len(base)
+            folders[len(base) * copies] = link_set(base, self.workdir / "sets" / f"memory-{size}", copies=copies)
         results = []
         for allocator in (KEPT, RETURNED):
-            for size, folder in folders.items():
+            for count, folder in folders.items():
                 # Fresh Python workers for every size, so one size's peak cannot carry over to the next.
                 self.spark.stop()
                 self.spark = start_spark(self.args.cores, self.args.batch_size)
@@ -446,13 +446,12 @@ class Bench:
                     self.spark.sparkContext.environment[ENV_SWITCH] = "0"
                 payload = {"manifest": model.version.manifest.to_dict(), "weights": model.version.weights}
                 self.ctx.payloads[model.key] = self.spark.sparkContext.broadcast(payload)
-                out = self.workdir / "out" / "memory" / str(size)
+                out = self.workdir / "out" / "memory" / str(count)
                 shutil.rmtree(out, ignore_errors=True)
                 with WorkerMemorySampler(interval) as sampler, Stopwatch() as watch:
                     # one task: binaryFile would split the files over the cores (bytes per core)
                     images = M.read_files(self.spark, folder, partitions=1).coalesce(1)
                     M.run_rescore(self.ctx, model.key, images, out)
-                count = len(base) * (size // len(base))
                 results.append(
                     {
                         "model": model.key,
