@@ -112,7 +112,19 @@ class KerasPredictor:
         self.model = keras.Model(model.inputs, outputs) if len(outputs) > 1 else model
         self._device = "/GPU:0" if device.startswith("cuda") else "/CPU:0"
         # Mixed precision for Keras is a property of the saved model (its dtype policy); nothing to switch here.
-        self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        # One graph for every batch size: traced on the first batch with the batch dimension left
+        # open, so a partition's last, shorter batch does not trace the model again (MobileNetV2 at
+        # 160 px: 1.8 s for the first trace, 1.0 s more for a second shape, in every Python worker).
+        image_shape = tuple(self.model.inputs[0].shape[1:])
+        self._call = tf.function(
+            lambda x: self.model(x, training=False),
+            input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)],
+        )
+
+    @property
+    def traces(self) -> int:
+        """How many times the model's graph has been traced in this process (1 once it has run)."""
+        return int(self._call.experimental_get_tracing_count())
 
     def forward(self, batch: np.ndarray) -> BatchOutput:
         import tensorflow as tf
