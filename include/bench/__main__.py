@@ -102,9 +102,11 @@ PLANS = {
         # Spark spends about a second per job whatever its size (planning, task start, the
         # writers): these counts make each Spark run last 5-15 s, so it weighs a tenth or less.
         {"small_cnn_64": 6000, "resnet18_160": 900, "mobilenet_v2_160": 900},
-        # 4 rounds: the same run repeated varies by 5-10% on a shared 2-core machine, and one
-        # slow round moves a median of 3 more than a median of 4
-        4,
+        # 3 rounds: the full run must fit in 45 minutes on 2 cores, and with 4 it took 45.7 on a
+        # slower 2-core Xeon (8.5 minutes a round: small CNN 1.9, ResNet-18 2.9, MobileNetV2 3.7).
+        # The same run repeated varies by 5-10% on a shared 2-core machine; the min is reported
+        # beside the median.
+        3,
         128,
         200,
         (1, 10, 100),

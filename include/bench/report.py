@@ -468,16 +468,19 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
         "| --- | --- | ---: | ---: | --- |",
     ]
     for t in results["targets"]:
+        # a value within 0.005 of its threshold gets a third decimal: "1.10, missed by 0.00" says nothing
+        digits = 3 if t["met"] is not None and abs(t["gap"]) < 0.005 else 2
         if t["met"] is None:
             verdict = t.get("note", "not measured")
         elif t["met"]:
-            verdict = f"met (margin {abs(t['gap']):.2f})"
+            verdict = f"met (margin {abs(t['gap']):.{digits}f})"
         else:
-            verdict = f"**missed** by {abs(t['gap']):.2f}"
+            verdict = f"**missed** by {abs(t['gap']):.{digits}f}"
         if t.get("note") and t["met"] is not None:
             verdict += f"; {t['note']}"
         cmp = "≤" if t["target"].startswith("peak worker RSS") else "≥"
-        lines.append(f"| {t['model']} | {t['target']} | {_fmt(t['value'], 2)} | {cmp} {t['threshold']} | {verdict} |")
+        value = _fmt(t["value"], digits)
+        lines.append(f"| {t['model']} | {t['target']} | {value} | {cmp} {t['threshold']} | {verdict} |")
     missed = [t for t in results["targets"] if t["met"] is False]
     if missed:
         lines += ["", "Where the time goes (CPU of the whole process tree, per image, median run):", ""]

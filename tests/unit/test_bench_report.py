@@ -300,6 +300,29 @@ def test_memory_targets_judge_rescores_allocator_setting_only(tmp_path: Path) ->
     assert "RESCORE_KEEP_FREED_MEMORY=0" in readme
 
 
+def test_a_target_within_half_a_hundredth_of_its_threshold_gets_a_third_decimal(tmp_path: Path) -> None:
+    # Given a memory step of 1.103 (just over the 1.10 limit) and one of 1.05
+    rows = [
+        {
+            "model": "m",
+            "allocator": "kept",
+            "partition_images": n,
+            "peak_worker_mb": mb,
+            "peak_total_mb": mb,
+            "python_cpu_ms_per_image": 1.0,
+            "samples": 3,
+        }
+        for n, mb in ((10, 400.0), (100, 441.2), (1000, 463.26))
+    ]
+    results = _results()
+    results["memory"] = rows
+    write_report(results, tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    # Then the close one reads 1.103 and "missed by 0.003", not "1.10, missed by 0.00"; the other keeps two
+    assert "| 1.103 | ≤ 1.1 | **missed** by 0.003 |" in readme
+    assert "| 1.05 | ≤ 1.1 | met (margin 0.05) |" in readme
+
+
 def test_tree_cpu_counts_children_that_already_exited() -> None:
     before = tree_cpu_seconds()
     burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
