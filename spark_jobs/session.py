@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 
+#: Lets adaptive execution coalesce the shuffle partitions of a cached plan (Spark's default: false).
+CACHED_PLAN_COALESCING = "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning"
+
+
 def get_spark(app_name: str, conf: dict[str, str] | None = None) -> SparkSession:
     """Return the job's SparkSession.
 
@@ -35,6 +39,12 @@ def get_spark(app_name: str, conf: dict[str, str] | None = None) -> SparkSession
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # Partition values such as model_version stay strings ("2", not 2) in every reader.
     builder = builder.config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
+    # Validation and ingest cache joined or de-duplicated rows; a cached plan keeps
+    # spark.sql.shuffle.partitions (200) unless adaptive execution may coalesce it, and then every
+    # job over the cache runs 200 tasks (validating 300 images on 2 cores: 14.0 s, 11.5 s with it).
+    # A value given to spark-submit (--conf or the profile) wins; ingest sets it for its own stream.
+    if not spark_conf.contains(CACHED_PLAN_COALESCING):
+        builder = builder.config(CACHED_PLAN_COALESCING, "true")
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,3 +174,35 @@ def test_a_missing_checkpoint_with_a_filled_table_is_refused(spark: SparkSession
     with pytest.raises(JobError, match=r"checkpoint .*checkpoints/ingest is missing .* Restore the checkpoint"):
         _ingest(spark, rescore_home)
     assert _names(_table(spark, rescore_home, "images")) == ["a.png"]
+
+
+@pytest.fixture
+def default_shuffle_partitions(spark: SparkSession) -> Iterator[None]:
+    """Spark's own 200 shuffle partitions (what a spark-submit job gets), not the suite's 2."""
+    keys = ("spark.sql.shuffle.partitions", "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning")
+    before = {key: spark.conf.get(key) for key in keys}
+    spark.conf.set("spark.sql.shuffle.partitions", "200")
+    spark.conf.unset("spark.sql.optimizer.canChangeCachedPlanOutputPartitioning")
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            spark.conf.set(key, value)
+
+
+@pytest.mark.usefixtures("default_shuffle_partitions")
+def test_a_small_batch_lands_as_one_file_not_one_per_image(spark: SparkSession, rescore_home: Path) -> None:
+    # Given 40 small images landing together, under Spark's default 200 shuffle partitions
+    landing = rescore_home / "landing"
+    for shade in range(40):
+        _land(landing, f"img-{shade:02d}.png", _png(shade * 6))
+
+    # When they are ingested in one batch
+    counts = _ingest(spark, rescore_home)
+
+    # Then every image is in the table once, written as one file (it was ~35 of one or two images
+    # each: the batch's de-duplication kept its 200 partitions into the write)
+    assert counts.accepted == 40
+    assert len(_table(spark, rescore_home, "images")) == 40
+    written = sorted((rescore_home / "warehouse" / "images" / "ingest_batch=0").glob("*.parquet"))
+    assert len(written) == 1, f"{len(written)} files for 40 images: {[p.name for p in written][:5]}"

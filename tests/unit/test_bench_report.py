@@ -273,17 +273,23 @@ def test_memory_targets_allow_ten_percent_growth_per_tenfold_step() -> None:
     assert [t["met"] for t in memory_targets(rows)] == [True, False]
 
 
+def _memory_row(images: int, peak_mb: float, **overrides: float) -> dict[str, object]:
+    """One row of results["memory"]: Rescore's own allocator setting, one worker at ``peak_mb``."""
+    row: dict[str, object] = {
+        "model": "m",
+        "allocator": "kept",
+        "partition_images": images,
+        "peak_worker_mb": peak_mb,
+        "peak_total_mb": peak_mb,
+        "python_cpu_ms_per_image": 1.0,
+        "samples": 3,
+    }
+    return {**row, **overrides}
+
+
 def test_memory_targets_judge_rescores_allocator_setting_only(tmp_path: Path) -> None:
     kept = [
-        {
-            "model": "m",
-            "allocator": "kept",
-            "partition_images": n,
-            "peak_worker_mb": mb,
-            "peak_total_mb": 2 * mb,
-            "python_cpu_ms_per_image": cpu,
-            "samples": 3,
-        }
+        _memory_row(n, mb, peak_total_mb=2 * mb, python_cpu_ms_per_image=cpu)
         for n, mb, cpu in ((10, 400.0, 9.0), (100, 420.0, 1.2))
     ]
     returned = [
@@ -302,18 +308,7 @@ def test_memory_targets_judge_rescores_allocator_setting_only(tmp_path: Path) ->
 
 def test_a_target_within_half_a_hundredth_of_its_threshold_gets_a_third_decimal(tmp_path: Path) -> None:
     # Given a memory step of 1.103 (just over the 1.10 limit) and one of 1.05
-    rows = [
-        {
-            "model": "m",
-            "allocator": "kept",
-            "partition_images": n,
-            "peak_worker_mb": mb,
-            "peak_total_mb": mb,
-            "python_cpu_ms_per_image": 1.0,
-            "samples": 3,
-        }
-        for n, mb in ((10, 400.0), (100, 441.2), (1000, 463.26))
-    ]
+    rows = [_memory_row(n, mb) for n, mb in ((10, 400.0), (100, 441.2), (1000, 463.26))]
     results = _results()
     results["memory"] = rows
     write_report(results, tmp_path)
