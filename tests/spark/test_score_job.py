@@ -111,3 +111,14 @@ def test_bad_flags_are_refused_with_the_flag_named(capsys: pytest.CaptureFixture
         parse_args(["--model-name", "m", "--decode", "gpu"])
     args = parse_args(["--model-name", "m"])
     assert (args.batch_size, args.arrow_batch_size, args.top_k, args.decode, args.force) == (64, None, 3, "auto", False)
+
+
+def test_the_parquet_reader_holds_one_arrow_batch_of_images_not_4096(spark: SparkSession, home: RescorePaths) -> None:
+    # Given the images table holds the image bytes (a column batch of 4,096 rows of photos is one
+    # contiguous buffer of up to a row group, which ran a 1 GB driver out of heap)
+    spark.conf.unset("spark.sql.parquet.columnarReaderBatchSize")
+    # When the job scores with batches of 2 images
+    assert _score(home, "--run-id", "r1") == 0
+    # Then its reader filled column batches of 2 rows, and every image was scored
+    assert spark.conf.get("spark.sql.parquet.columnarReaderBatchSize") == "2"
+    assert len(_rows(spark, home)) == 12
