@@ -696,6 +696,16 @@ def select_images(
     :param to_date: only images ingested on or before this day (inclusive).
     :param force: also images that already have a prediction from this version (re-score them).
     """
+    chosen = _in_scope(images, from_date, to_date, ingested_before)
+    distinct = chosen.select("image_id", "path", "content").dropDuplicates(["image_id"])
+    if predictions is None or force:
+        return distinct
+    return distinct.join(_scored_ids(predictions, model_name, model_version), "image_id", "left_anti")
+
+
+def _in_scope(
+    images: DataFrame, from_date: date | None, to_date: date | None, ingested_before: datetime | None
+) -> DataFrame:
     from pyspark.sql import functions as F
 
     if from_date is not None and to_date is not None and from_date > to_date:
@@ -707,13 +717,95 @@ def select_images(
         chosen = chosen.where(F.to_date("ingested_at") <= F.lit(to_date))
     if ingested_before is not None:
         chosen = chosen.where(F.col("ingested_at") < F.lit(ingested_before))
-    distinct = chosen.select("image_id", "path", "content").dropDuplicates(["image_id"])
-    if predictions is None or force:
-        return distinct
-    done = predictions.where((F.col("model_name") == model_name) & (F.col("model_version") == model_version)).select(
+    return chosen
+
+
+def _scored_ids(predictions: DataFrame, model_name: str, model_version: str) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return predictions.where((F.col("model_name") == model_name) & (F.col("model_version") == model_version)).select(
         "image_id"
     )
-    return distinct.join(done, "image_id", "left_anti")
+
+
+#: Up to this many images to score, their ids are broadcast to the scan of the images table (tens
+#: of bytes each); above it the scan is joined with them through a shuffle.
+BROADCAST_IDS = 500_000
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The images a run scores (``image_id``, ``path``, ``content``), how many, and how they were found."""
+
+    images: DataFrame
+    count: int
+    how: str
+
+
+def plan_selection(
+    images: DataFrame,
+    predictions: DataFrame | None,
+    *,
+    model_name: str,
+    model_version: str,
+    from_date: date | None = None,
+    to_date: date | None = None,
+    force: bool = False,
+    ingested_before: datetime | None = None,
+    broadcast_ids: int = BROADCAST_IDS,
+) -> Selection:
+    """The rows :func:`select_images` chooses, found without moving image bytes through a shuffle.
+
+    :func:`select_images` de-duplicates and anti-joins the rows with their bytes, so every run
+    shuffled the bytes of every image in scope, however few were new (an hourly run over a large
+    table wrote and read back the whole table). Here the unscored images are found from their ids
+    alone and counted, then the bytes are read for those only:
+
+    - each image in scope unscored and on one row (a first run, a new version, ``force``): the
+      scan as it is, no join;
+    - at most ``broadcast_ids`` of them: their ids are broadcast to the scan, and where the table
+      has ingest's ``ingest_batch`` partitions only the batches holding them are read;
+    - more: the scan is joined with their ids through a shuffle;
+    - an ``image_id`` on several rows (a table not written by ingest): :func:`select_images`' plan,
+      which keeps one row per image.
+    """
+    from pyspark.sql import functions as F
+
+    chosen = _in_scope(images, from_date, to_date, ingested_before)
+    batch = ["ingest_batch"] if "ingest_batch" in chosen.columns else []
+    keys = chosen.select("image_id", *batch)
+    if predictions is not None and not force:
+        keys = keys.join(_scored_ids(predictions, model_name, model_version), "image_id", "left_anti")
+    stats = keys.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("image_id").alias("ids")).first()
+    rows, ids = (int(stats["rows"]), int(stats["ids"])) if stats is not None else (0, 0)
+    content = chosen.select("image_id", "path", "content")
+    if rows != ids:
+        how = "one row per image_id kept from several (the image bytes are shuffled)"
+        todo = select_images(
+            images,
+            predictions,
+            model_name=model_name,
+            model_version=model_version,
+            from_date=from_date,
+            to_date=to_date,
+            force=force,
+            ingested_before=ingested_before,
+        )
+        return Selection(todo, ids, how)
+    if rows == 0:
+        return Selection(content.limit(0), 0, "nothing to score")
+    if rows == chosen.count():
+        return Selection(content, rows, "every image in scope")
+    if rows <= broadcast_ids:
+        how = "their ids broadcast to the scan"
+        if batch:
+            held = [r["ingest_batch"] for r in keys.select("ingest_batch").distinct().collect()]
+            content = chosen.where(F.col("ingest_batch").isin(held)).select("image_id", "path", "content")
+            how += f" of the {len(held)} ingest batches holding them"
+        return Selection(content.join(F.broadcast(keys.select("image_id")), "image_id", "left_semi"), rows, how)
+    return Selection(
+        content.join(keys.select("image_id"), "image_id", "left_semi"), rows, "their ids joined by a shuffle"
+    )
 
 
 def select_unscored(
@@ -958,7 +1050,7 @@ def _main(argv: list[str] | None) -> int:
     images = read_table(spark, paths.images)
     if images is None:
         raise JobError(f"the images table {paths.images} is empty: run ingest first")
-    todo = select_images(
+    selection = plan_selection(
         images,
         read_table(spark, paths.predictions),
         model_name=args.model_name,
@@ -968,16 +1060,17 @@ def _main(argv: list[str] | None) -> int:
         force=args.force,
         ingested_before=args.ingested_before,
     )
+    todo, pending = selection.images, selection.count
     scope = f"ingested {args.from_date or 'any time'} .. {args.to_date or 'now'}"
-    pending = todo.count()
     if pending == 0:
         log.info("nothing to score with %s v%s (%s, force=%s)", args.model_name, version, scope, args.force)
         return 0
     log.info(
-        "scoring %d images (%s%s) with %s v%s: batch %d, Arrow batch %d, top-%d, decode %s; %d weight bytes broadcast",
+        "scoring %d images (%s%s; %s) with %s v%s: batch %d, Arrow batch %d, top-%d, decode %s; weights of %d bytes",
         pending,
         scope,
         ", re-scoring existing predictions" if args.force else "",
+        selection.how,
         args.model_name,
         version,
         args.batch_size,
