@@ -206,3 +206,39 @@ def test_a_small_batch_lands_as_one_file_not_one_per_image(spark: SparkSession, 
     assert len(_table(spark, rescore_home, "images")) == 40
     written = sorted((rescore_home / "warehouse" / "images" / "ingest_batch=0").glob("*.parquet"))
     assert len(written) == 1, f"{len(written)} files for 40 images: {[p.name for p in written][:5]}"
+
+
+@pytest.mark.usefixtures("default_shuffle_partitions")
+def test_a_batch_file_is_cut_into_row_groups_that_scoring_tasks_can_share(
+    spark: SparkSession, rescore_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from spark_jobs import ingest
+
+    # Given row groups of 64 KiB and 40 noise images of ~12 KiB landing together (one file)
+    monkeypatch.setattr(ingest, "IMAGES_ROW_GROUP_BYTES", 64 * 1024)
+    rng = np.random.default_rng(5)
+    landing = rescore_home / "landing"
+    for n in range(40):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+        _land(landing, f"noise-{n:02d}.png", buf.getvalue())
+
+    # When they are ingested
+    assert _ingest(spark, rescore_home).accepted == 40
+
+    # Then the batch's one file holds several row groups
+    (written,) = (rescore_home / "warehouse" / "images" / "ingest_batch=0").glob("*.parquet")
+    assert pq.ParquetFile(written).num_row_groups >= 4
+    # and a scan cut into 128 KiB splits (as Spark cuts a large table for many cores) spreads its
+    # rows over several tasks, where a single row group would give them all to one
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(128 * 1024))
+    try:
+        rows = spark.read.parquet(str(written)).select("image_id").rdd.glom().map(len).collect()
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert sum(rows) == 40
+    assert sum(1 for n in rows if n > 0) >= 2
