@@ -342,7 +342,16 @@ def first_sightings(accepted: DataFrame, known_ids: DataFrame | None) -> DataFra
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    new = accepted if known_ids is None else accepted.join(known_ids, "image_id", "left_anti")
+    new = accepted
+    if known_ids is not None:
+        # A batch holds at most --max-files-per-batch files; the table grows without bound. An anti
+        # join of the batch against the table's ids builds its hash table on the table side, so past
+        # Spark's broadcast threshold (~150,000 ids) every batch shuffled every id in the table.
+        # Broadcast the batch's ids to a scan of the table instead: the table's ids are read, never
+        # shuffled, and what is left to join is the batch's own size.
+        batch_ids = F.broadcast(accepted.select("image_id").distinct())
+        seen = known_ids.join(batch_ids, "image_id", "left_semi")
+        new = accepted.join(F.broadcast(seen), "image_id", "left_anti")
     first = Window.partitionBy("image_id").orderBy("path")
     return new.withColumn("_n", F.row_number().over(first)).where(F.col("_n") == 1).drop("_n")
 

@@ -242,3 +242,41 @@ def test_a_batch_file_is_cut_into_row_groups_that_scoring_tasks_can_share(
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
     assert sum(rows) == 40
     assert sum(1 for n in rows if n > 0) >= 2
+
+
+def test_a_batch_is_checked_against_the_table_without_shuffling_the_tables_ids(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from pyspark.sql import functions as F
+
+    from spark_jobs.ingest import first_sightings
+    from tests.spark._stage_metrics import measured
+
+    # Given a table of 50,000 image ids and a batch of 3 files, one of them already in the table
+    known = tmp_path / "known"
+    spark.range(50_000).select(F.sha2(F.col("id").cast("string"), 256).alias("image_id")).write.parquet(str(known))
+    old_id = spark.read.parquet(str(known)).orderBy("image_id").first()["image_id"]  # type: ignore[index]
+    batch = spark.createDataFrame(
+        [
+            (old_id, "file:/l/a.png", bytearray(b"a")),
+            ("new-1", "file:/l/b.png", bytearray(b"b")),
+            ("new-1", "file:/l/c.png", bytearray(b"b")),
+        ],
+        "image_id string, path string, content binary",
+    )
+
+    # When the batch's first sightings are found, with the table's ids over the broadcast threshold
+    # (1 MB here; Spark's 10 MB default is ~150,000 ids)
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", str(1 << 20))
+    try:
+        rows, stages = measured(
+            spark, "first-sightings", lambda: first_sightings(batch, spark.read.parquet(str(known))).collect()
+        )
+    finally:
+        spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
+
+    # Then only the new image is kept, once (its smallest path), and the table's 50,000 ids
+    # (64 characters each) were read but not shuffled: what moved is about the batch
+    assert [(r["image_id"], r["path"]) for r in rows] == [("new-1", "file:/l/b.png")]
+    assert stages.table_rows == 50_000
+    assert stages.shuffle_bytes < 100_000

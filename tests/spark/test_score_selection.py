@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.spark._stage_metrics import measured
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -48,18 +50,8 @@ def _read(spark: SparkSession, frame: DataFrame, group: str) -> Read:
     """The ids ``frame`` yields with its bytes, and what Spark's stages recorded while reading it."""
     from pyspark.sql import functions as F
 
-    sc = spark.sparkContext
-    sc.setJobGroup(group, "read the selection")
-    try:
-        ids = sorted(r["image_id"] for r in frame.select("image_id", F.length("content").alias("n")).collect())
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
-    sc._jsc.sc().listenerBus().waitUntilEmpty()  # type: ignore[union-attr]
-    store = sc._jsc.sc().statusStore()  # type: ignore[union-attr]
-    tracker = sc.statusTracker()
-    stages = {s for job in tracker.getJobIdsForGroup(group) for s in tracker.getJobInfo(job).stageIds}  # type: ignore[union-attr]
-    data = [store.lastStageAttempt(s) for s in stages]
-    return Read(ids, sum(d.shuffleWriteBytes() for d in data), sum(d.inputRecords() for d in data))
+    rows, stages = measured(spark, group, frame.select("image_id", F.length("content").alias("n")).collect)
+    return Read(sorted(r["image_id"] for r in rows), stages.shuffle_bytes, stages.table_rows)
 
 
 def test_a_new_version_reads_the_table_as_it_is(spark: SparkSession, tmp_path: Path) -> None:
