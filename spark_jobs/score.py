@@ -697,6 +697,12 @@ def select_images(
     :param force: also images that already have a prediction from this version (re-score them).
     """
     chosen = _in_scope(images, from_date, to_date, ingested_before)
+    return _distinct_unscored(chosen, predictions, model_name, model_version, force)
+
+
+def _distinct_unscored(
+    chosen: DataFrame, predictions: DataFrame | None, model_name: str, model_version: str, force: bool
+) -> DataFrame:
     distinct = chosen.select("image_id", "path", "content").dropDuplicates(["image_id"])
     if predictions is None or force:
         return distinct
@@ -776,30 +782,22 @@ def plan_selection(
     keys = chosen.select("image_id", *batch)
     if predictions is not None and not force:
         keys = keys.join(_scored_ids(predictions, model_name, model_version), "image_id", "left_anti")
-    stats = keys.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("image_id").alias("ids")).first()
+    # One pass over the ids: how many rows, how many images, and which ingest batches hold them.
+    counts = [F.count(F.lit(1)).alias("rows"), F.countDistinct("image_id").alias("ids")]
+    stats = keys.agg(*counts, *[F.collect_set(c).alias("batches") for c in batch]).first()
     rows, ids = (int(stats["rows"]), int(stats["ids"])) if stats is not None else (0, 0)
     content = chosen.select("image_id", "path", "content")
     if rows != ids:
-        how = "one row per image_id kept from several (the image bytes are shuffled)"
-        todo = select_images(
-            images,
-            predictions,
-            model_name=model_name,
-            model_version=model_version,
-            from_date=from_date,
-            to_date=to_date,
-            force=force,
-            ingested_before=ingested_before,
-        )
-        return Selection(todo, ids, how)
+        todo = _distinct_unscored(chosen, predictions, model_name, model_version, force)
+        return Selection(todo, ids, "one row per image_id kept from several (the image bytes are shuffled)")
     if rows == 0:
         return Selection(content.limit(0), 0, "nothing to score")
     if rows == chosen.count():
         return Selection(content, rows, "every image in scope")
     if rows <= broadcast_ids:
         how = "their ids broadcast to the scan"
-        if batch:
-            held = [r["ingest_batch"] for r in keys.select("ingest_batch").distinct().collect()]
+        if batch and stats is not None:
+            held = list(stats["batches"])
             content = chosen.where(F.col("ingest_batch").isin(held)).select("image_id", "path", "content")
             how += f" of the {len(held)} ingest batches holding them"
         return Selection(content.join(F.broadcast(keys.select("image_id")), "image_id", "left_semi"), rows, how)
