@@ -42,10 +42,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Tuple, cast  # noqa: UP035 - 
 import pandas as pd
 import pyarrow as pa  # arrow_udf type hints are resolved at runtime
 
+from spark_jobs.compaction import COMPACT_ABOVE_FILES, TARGET_FILE_BYTES, compact_partition, finish_interrupted
 from spark_jobs.contract import RescorePaths, default_home
 from spark_jobs.current import resolve_version
 from spark_jobs.model_store import Manifest, ModelStore, ModelVersion
-from spark_jobs.session import JobError, get_spark, path_exists, read_table, run_main
+from spark_jobs.session import JobError, get_spark, hadoop_fs, path_exists, read_table, run_main
 
 if TYPE_CHECKING:
     import numpy as np
@@ -851,13 +852,6 @@ def conform_predictions(frame: DataFrame) -> DataFrame:
     )
 
 
-def _hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-    return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hadoop_path
-
-
 def replace_partition(
     spark: SparkSession, table: str, fresh: DataFrame, *, model_name: str, version: str, rescored: DataFrame
 ) -> str:
@@ -881,9 +875,9 @@ def replace_partition(
         )
         rows = conform_predictions(rows).unionByName(kept)
     conform_predictions(rows).write.mode("overwrite").parquet(staging)
-    fs, partition_path = _hadoop_fs(spark, partition)
-    _, staging_path = _hadoop_fs(spark, staging)
-    _, old_path = _hadoop_fs(spark, f"{table}/_replaced-{token}")
+    fs, partition_path = hadoop_fs(spark, partition)
+    _, staging_path = hadoop_fs(spark, staging)
+    _, old_path = hadoop_fs(spark, f"{table}/_replaced-{token}")
     fs.mkdirs(partition_path.getParent())
     had_old = bool(fs.exists(partition_path))
     if had_old and not fs.rename(partition_path, old_path):
@@ -911,8 +905,8 @@ def append_predictions(spark: SparkSession, table: str, fresh: DataFrame, *, mod
     partition = f"{table}/model_name={model_name}/model_version={version}"
     staging = f"{table}/_staging-{uuid.uuid4().hex[:12]}"
     conform_predictions(fresh.drop("model_name", "model_version")).write.mode("overwrite").parquet(staging)
-    fs, partition_path = _hadoop_fs(spark, partition)
-    _, staging_path = _hadoop_fs(spark, staging)
+    fs, partition_path = hadoop_fs(spark, partition)
+    _, staging_path = hadoop_fs(spark, staging)
     fs.mkdirs(partition_path)
     for status in fs.listStatus(staging_path):
         source = status.getPath()
@@ -1001,6 +995,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="re-score images that already have a prediction from this version, replacing them",
     )
     parser.add_argument("--run-id", default="manual", help="Airflow run id recorded on every row")
+    parser.add_argument(
+        "--compact-above-files",
+        type=int,
+        default=COMPACT_ABOVE_FILES,
+        help="rewrite the version's predictions into large files once its partition holds more data files "
+        f"than this (default {COMPACT_ABOVE_FILES}; 0: never)",
+    )
+    parser.add_argument(
+        "--compact-file-mb",
+        type=int,
+        default=TARGET_FILE_BYTES // 2**20,
+        help=f"size of a compacted file in MiB (default {TARGET_FILE_BYTES // 2**20})",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -1008,6 +1015,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--arrow-batch-size must be at least 1, got {args.arrow_batch_size}")
     if args.top_k < 1:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
+    if args.compact_above_files < 0:
+        parser.error(f"--compact-above-files must be 0 (never) or more, got {args.compact_above_files}")
+    if args.compact_file_mb < 1:
+        parser.error(f"--compact-file-mb must be at least 1, got {args.compact_file_mb}")
     if args.prefetch < 1:
         parser.error(f"--prefetch must be at least 1, got {args.prefetch}")
     if args.decode_workers < 0:
@@ -1048,6 +1059,34 @@ def _main(argv: list[str] | None) -> int:
     images = read_table(spark, paths.images)
     if images is None:
         raise JobError(f"the images table {paths.images} is empty: run ingest first")
+    finish_interrupted(spark, paths.predictions)  # a killed compaction must not leave rows twice
+    _score_new(
+        spark, args, model=model, version=version, paths=paths, options=options, arrow_batch=arrow_batch, images=images
+    )
+    compact_partition(
+        spark,
+        paths.predictions,
+        f"model_name={args.model_name}/model_version={version}",
+        above_files=args.compact_above_files,
+        target_bytes=args.compact_file_mb * 2**20,
+        conform=conform_predictions,
+    )
+    return 0
+
+
+def _score_new(
+    spark: SparkSession,
+    args: argparse.Namespace,
+    *,
+    model: ModelVersion,
+    version: str,
+    paths: RescorePaths,
+    options: ScoringOptions,
+    arrow_batch: int,
+    images: DataFrame,
+) -> None:
+    """Score the images the arguments select that have no prediction from ``version`` yet (all
+    of them with ``--force``) and write their predictions."""
     selection = plan_selection(
         images,
         read_table(spark, paths.predictions),
@@ -1062,7 +1101,7 @@ def _main(argv: list[str] | None) -> int:
     scope = f"ingested {args.from_date or 'any time'} .. {args.to_date or 'now'}"
     if pending == 0:
         log.info("nothing to score with %s v%s (%s, force=%s)", args.model_name, version, scope, args.force)
-        return 0
+        return
     log.info(
         "scoring %d images (%s%s; %s) with %s v%s: batch %d, Arrow batch %d, top-%d, decode %s; weights of %d bytes",
         pending,
@@ -1091,7 +1130,6 @@ def _main(argv: list[str] | None) -> int:
         "scored %d images in %.1f s (%.1f images/s) into %s", pending, elapsed, pending / max(elapsed, 1e-9), where
     )
     payload.unpersist()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

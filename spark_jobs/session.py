@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spark_jobs.model_store import ModelStoreError
 
@@ -53,12 +53,17 @@ def get_spark(app_name: str, conf: dict[str, str] | None = None) -> SparkSession
     return spark
 
 
-def path_exists(spark: SparkSession, path: str) -> bool:
-    """Whether a local path or Hadoop URI exists, asked through Hadoop's FileSystem."""
+def hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    """Hadoop's FileSystem for a local path or Hadoop URI, and the path as a Hadoop ``Path``."""
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hadoop_path
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    """Whether a local path or Hadoop URI exists, asked through Hadoop's FileSystem."""
+    fs, hadoop_path = hadoop_fs(spark, path)
     return bool(fs.exists(hadoop_path))
 
 

@@ -212,6 +212,8 @@ class ScoreImagesOperator(_ModelJobOperator):
     :param to_date: only images ingested on or before this ``YYYY-MM-DD`` day (templated).
     :param force: re-score images that already have a prediction from this version (templated;
         a bool, or a string such as ``"{{ params.force }}"`` rendering to true/false).
+    :param compact_above_files: rewrite the version's predictions into large files once its
+        partition holds more data files than this (templated); job default 64, 0 never.
     :param cut_off_scope: take only images ingested before this task starts, and push that
         instant as XCom ``ingested_before`` so validation checks the same set (images landing
         during a long re-score are then scored by the next scheduled run, not counted missing).
@@ -230,6 +232,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         "from_date",
         "to_date",
         "force",
+        "compact_above_files",
     )
 
     def __init__(
@@ -245,6 +248,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         from_date: str | None = None,
         to_date: str | None = None,
         force: bool | str = False,
+        compact_above_files: int | str | None = None,
         cut_off_scope: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -261,6 +265,7 @@ class ScoreImagesOperator(_ModelJobOperator):
         self.from_date = from_date
         self.to_date = to_date
         self.force = force
+        self.compact_above_files = compact_above_files
 
     def job_arguments(self) -> list[str]:
         args = [*super().job_arguments(), "--batch-size", str(self.batch_size)]
@@ -273,6 +278,7 @@ class ScoreImagesOperator(_ModelJobOperator):
             ("--device", self.device),
             ("--from-date", self.from_date),
             ("--to-date", self.to_date),
+            ("--compact-above-files", self.compact_above_files),
         ):
             if _given(value):
                 args += [flag, str(value).strip()]

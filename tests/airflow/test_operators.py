@@ -126,6 +126,7 @@ def test_score_operator_passes_the_scoring_flags() -> None:
         from_date="2026-01-01",
         to_date="2026-01-31",
         force=True,
+        compact_above_files=16,
     )
     assert op.spark_submit_command() == [
         "spark-submit",
@@ -147,6 +148,7 @@ def test_score_operator_passes_the_scoring_flags() -> None:
         "--device", "cuda:0",
         "--from-date", "2026-01-01",
         "--to-date", "2026-01-31",
+        "--compact-above-files", "16",
         "--force",
     ]  # fmt: skip
 
@@ -165,6 +167,7 @@ def test_score_operator_templates_the_scope_and_omits_what_renders_empty() -> No
             force="{{ params.force }}",
         )
         flags = {"arrow_batch_size", "top_k", "decode", "decode_workers", "decode_pool", "from_date", "to_date"}
+        flags.add("compact_above_files")
         assert {*flags, "force"} <= set(op.template_fields)
         op.render_template_fields({"params": params, "run_id": "r"})
         return op.job_arguments()

@@ -100,6 +100,40 @@ def test_force_on_a_version_never_scored_writes_its_partition(spark: SparkSessio
     assert len(_rows(spark, home)) == 12
 
 
+def _data_files(paths: RescorePaths) -> list[str]:
+    partition = Path(paths.predictions) / "model_name=m" / "model_version=1"
+    return sorted(p.name for p in partition.iterdir() if not p.name.startswith(("_", ".")))
+
+
+def test_each_run_compacts_the_versions_partition_once_it_passes_the_threshold(
+    spark: SparkSession, home: RescorePaths
+) -> None:
+    # Given three runs that each append a day's predictions, compacting above 2 files
+    for day in DAYS:
+        assert _score(home, "--from-date", day, "--to-date", day, "--run-id", day, "--compact-above-files", "2") == 0
+        # Then the partition never holds more than 2 files once a run is over
+        assert 1 <= len(_data_files(home)) <= 2
+    # and every prediction is there once, with the run that wrote it
+    rows = _rows(spark, home)
+    assert len(rows) == 12 and len({r["image_id"] for r in rows}) == 12
+    assert {r["run_id"] for r in rows} == set(DAYS)
+    assert not [p.name for p in Path(home.predictions).iterdir() if p.name.startswith(("_staging", "_compaction"))]
+
+
+def test_a_run_with_nothing_to_score_still_compacts_and_zero_turns_it_off(
+    spark: SparkSession, home: RescorePaths
+) -> None:
+    # Given a partition of several files (one per day, compaction off)
+    for day in DAYS:
+        assert _score(home, "--from-date", day, "--to-date", day, "--compact-above-files", "0") == 0
+    assert len(_data_files(home)) >= 3
+    # When a run finds nothing new but the threshold is now 1 file
+    assert _score(home, "--compact-above-files", "1") == 0
+    # Then the partition is one file with the same 12 predictions
+    assert len(_data_files(home)) == 1
+    assert len(_rows(spark, home)) == 12
+
+
 def test_bad_flags_are_refused_with_the_flag_named(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--model-name", "m", "--from-date", "2026-03-05", "--to-date", "2026-03-01"])
@@ -109,8 +143,12 @@ def test_bad_flags_are_refused_with_the_flag_named(capsys: pytest.CaptureFixture
     assert "use YYYY-MM-DD" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--model-name", "m", "--decode", "gpu"])
+    with pytest.raises(SystemExit):
+        parse_args(["--model-name", "m", "--compact-above-files", "-1"])
+    assert "--compact-above-files must be 0 (never) or more, got -1" in capsys.readouterr().err
     args = parse_args(["--model-name", "m"])
     assert (args.batch_size, args.arrow_batch_size, args.top_k, args.decode, args.force) == (64, None, 3, "auto", False)
+    assert (args.compact_above_files, args.compact_file_mb) == (64, 128)
 
 
 def test_the_parquet_reader_holds_one_arrow_batch_of_images_not_4096(spark: SparkSession, home: RescorePaths) -> None:

@@ -1,0 +1,227 @@
+"""Compaction of a predictions partition: many small files rewritten into a few large ones.
+
+Every scoring run appends its own files (one or two per task) to the version's partition, so an
+hourly pipeline adds thousands of small files a year, and every later run pays for them: the
+selection reads the partition's ``image_id`` column and validation reads a run's rows. Measured
+on 2 cores, 300,000 predictions: the distinct ids 11.2-12.3 s from 2,000 files against 1.1-1.5 s
+from 2; one run's rows 3.7-4.2 s against 0.3-0.5 s.
+
+Once a partition holds more than ``above_files`` data files, :func:`compact_partition` rewrites
+exactly the files it listed (merging Spark's read splits: no shuffle, rows stay in the order they were written)
+into files of about ``target_bytes``, and swaps them in through a journal, so that nothing is lost
+or doubled whatever moment the job is killed:
+
+1. the compacted rows are written under a hidden ``_staging-<token>`` folder of the table
+   (Spark's readers skip names starting with ``_``);
+2. a journal ``_compaction-<token>.json`` names the partition, the staging folder, the new files
+   and the old ones;
+3. the new files are renamed into the partition, the old ones deleted, then the staging folder and
+   the journal.
+
+A job killed before the journal exists leaves only its staging folder (the partition is as it
+was); a journal left behind is finished by the next compaction of the table (:func:`finish_interrupted`,
+run first by every score job), which moves whichever new files are still staged and deletes
+whichever old ones remain. Files appended while a compaction runs are not in its list, so they are
+neither rewritten nor deleted.
+
+Readers that list the partition between the renames and the deletes (milliseconds on a local or
+HDFS file system) see old and new rows together, and a reader that listed the old files before
+they were deleted fails on the missing file and must be retried; without a table format
+(Delta, Iceberg) a Parquet folder offers no snapshot to read from. The Airflow DAGs run compaction
+inside the score task, so their own validation never overlaps it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from spark_jobs.session import JobError, hadoop_fs
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("rescore.compaction")
+
+#: A partition is compacted once it holds more data files than this (``--compact-above-files``).
+COMPACT_ABOVE_FILES = 64
+#: The size of a compacted file (``--compact-file-mb``): Spark's ``maxPartitionBytes``, one task each.
+TARGET_FILE_BYTES = 128 * 1024 * 1024
+JOURNAL_PREFIX = "_compaction-"
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What one compaction did."""
+
+    partition: str
+    files_before: int
+    files_after: int
+    bytes_before: int
+
+
+def _is_data(name: str) -> bool:
+    return not name.startswith(("_", "."))
+
+
+def data_files(spark: SparkSession, folder: str) -> list[tuple[str, int]]:
+    """(name, bytes) of the data files directly in ``folder`` (none when it does not exist)."""
+    fs, path = hadoop_fs(spark, folder)
+    if not fs.exists(path):
+        return []
+    return sorted(
+        (str(s.getPath().getName()), int(s.getLen()))
+        for s in fs.listStatus(path)
+        if s.isFile() and _is_data(str(s.getPath().getName()))
+    )
+
+
+def _write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole: to a hidden temporary name first, then renamed."""
+    fs, target = hadoop_fs(spark, path)
+    _, temporary = hadoop_fs(spark, f"{path}.{uuid.uuid4().hex[:8]}.tmp")
+    out = fs.create(temporary, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+    if not fs.rename(temporary, target):
+        fs.delete(temporary, False)
+        raise JobError(f"could not write {path}: check permissions on its folder")
+
+
+def _read_text(spark: SparkSession, path: str) -> str:
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    fs, hadoop_path = hadoop_fs(spark, path)
+    stream = fs.open(hadoop_path)
+    try:
+        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+    finally:
+        stream.close()
+
+
+def _roll_forward(spark: SparkSession, table: str, journal_name: str) -> dict[str, Any]:
+    """Finish the compaction a journal describes: new files in, old files out, leftovers gone."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    journal_path = f"{table}/{journal_name}"
+    entry = json.loads(_read_text(spark, journal_path))
+    partition = f"{table}/{entry['partition']}"
+    fs, partition_path = hadoop_fs(spark, partition)
+    _, staging_path = hadoop_fs(spark, f"{table}/{entry['staging']}")
+    in_partition = jvm.org.apache.hadoop.fs.Path
+    for name in entry["new"]:
+        source, target = in_partition(staging_path, name), in_partition(partition_path, name)
+        if fs.exists(target):  # moved before the interruption
+            continue
+        if not fs.exists(source) or not fs.rename(source, target):
+            raise JobError(
+                f"compaction journal {journal_path} lists {name}, which is neither staged nor in {partition}: "
+                "restore the file or remove the journal by hand after checking the partition's rows"
+            )
+    for name in entry["old"]:
+        old = in_partition(partition_path, name)
+        if not fs.delete(old, False) and fs.exists(old):  # False also when deleted before the interruption
+            raise JobError(f"could not delete {partition}/{name} after compacting it: check permissions on {table}")
+    fs.delete(staging_path, True)
+    fs.delete(hadoop_fs(spark, journal_path)[1], False)
+    return entry
+
+
+def finish_interrupted(spark: SparkSession, table: str) -> list[str]:
+    """Finish every compaction of ``table`` that a killed job left half done; their partitions."""
+    fs, table_path = hadoop_fs(spark, table)
+    if not fs.exists(table_path):
+        return []
+    journals = sorted(
+        str(s.getPath().getName())
+        for s in fs.listStatus(table_path)
+        if s.isFile()
+        and str(s.getPath().getName()).startswith(JOURNAL_PREFIX)
+        and str(s.getPath().getName()).endswith(".json")
+    )
+    finished = []
+    for name in journals:
+        entry = _roll_forward(spark, table, name)
+        log.warning("finished an interrupted compaction of %s/%s (%s)", table, entry["partition"], name)
+        finished.append(str(entry["partition"]))
+    return finished
+
+
+def stage_compaction(
+    spark: SparkSession,
+    table: str,
+    partition: str,
+    old: list[tuple[str, int]],
+    *,
+    target_bytes: int,
+    conform: Callable[[DataFrame], DataFrame] = lambda frame: frame,
+) -> str:
+    """Steps 1 and 2: write ``old``'s rows compacted under a staging folder and the journal that
+    finishes the swap. Returns the journal's name (in ``table``)."""
+    total = sum(size for _, size in old)
+    files = max(1, math.ceil(total / target_bytes))
+    token = uuid.uuid4().hex[:12]
+    staging = f"_staging-{token}"
+    from pyspark.sql import functions as F
+
+    # The folder read whole and filtered by file name: with 2,000 files, listing each file as a
+    # path of its own took 12.6-21.5 s to plan and the folder 1.7-2.8 s. Files that land after
+    # the listing are filtered out.
+    chosen = F.col("_metadata.file_name").isin([name for name, _ in old])
+    rows = conform(spark.read.parquet(f"{table}/{partition}").where(chosen))
+    # Merging the read's splits keeps the rows in the order they were written, without a shuffle;
+    # a read in fewer splits than files wanted (a target below spark.sql.files.maxPartitionBytes)
+    # is spread round robin instead.
+    rows = rows.coalesce(files) if rows.rdd.getNumPartitions() >= files else rows.repartition(files)
+    rows.write.mode("overwrite").parquet(f"{table}/{staging}")
+    new = [name for name, _ in data_files(spark, f"{table}/{staging}")]
+    clash = set(new) & {name for name, _ in data_files(spark, f"{table}/{partition}")}
+    if clash:  # Spark names files with a random UUID per job; never overwrite a partition's file
+        raise JobError(f"compacted file names {sorted(clash)} already exist in {table}/{partition}: run again")
+    journal = f"{JOURNAL_PREFIX}{token}.json"
+    entry = {"partition": partition, "staging": staging, "new": new, "old": [name for name, _ in old]}
+    _write_text(spark, f"{table}/{journal}", json.dumps(entry, indent=1))
+    return journal
+
+
+def compact_partition(
+    spark: SparkSession,
+    table: str,
+    partition: str,
+    *,
+    above_files: int = COMPACT_ABOVE_FILES,
+    target_bytes: int = TARGET_FILE_BYTES,
+    conform: Callable[[DataFrame], DataFrame] = lambda frame: frame,
+) -> Compaction | None:
+    """Rewrite ``table/partition`` into files of about ``target_bytes`` once it holds more than
+    ``above_files`` data files (``above_files`` 0: never). ``conform`` maps the rows read to the
+    table's columns (older files may lack some). None when there was nothing to do."""
+    if above_files <= 0:
+        return None
+    if target_bytes < 1:
+        raise JobError(f"the compacted file size must be at least 1 byte, got {target_bytes}")
+    finish_interrupted(spark, table)
+    old = data_files(spark, f"{table}/{partition}")
+    if len(old) <= above_files:
+        return None
+    journal = stage_compaction(spark, table, partition, old, target_bytes=target_bytes, conform=conform)
+    entry = _roll_forward(spark, table, journal)
+    done = Compaction(
+        partition=partition, files_before=len(old), files_after=len(entry["new"]), bytes_before=sum(s for _, s in old)
+    )
+    log.info(
+        "compacted %s/%s: %d files (%.1f MB) into %d",
+        table,
+        partition,
+        done.files_before,
+        done.bytes_before / 1e6,
+        done.files_after,
+    )
+    return done

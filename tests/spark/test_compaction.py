@@ -1,0 +1,140 @@
+"""Compaction of a predictions partition: past the threshold the files become few, the rows stay
+exactly the same, and a compaction killed at any step is finished by the next one without losing
+or doubling a row. Files appended while a compaction runs are kept."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from spark_jobs.compaction import (
+    JOURNAL_PREFIX,
+    compact_partition,
+    data_files,
+    finish_interrupted,
+    stage_compaction,
+)
+from spark_jobs.score import conform_predictions
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+pytestmark = pytest.mark.spark
+
+PARTITION = "model_name=m/model_version=1"
+
+
+def _write_files(spark: SparkSession, folder: Path, files: int, rows_per_file: int, start: int = 0) -> None:
+    """``files`` Parquet files of ``rows_per_file`` prediction rows appended to ``folder``."""
+    rows = [
+        (f"img-{n:05d}", "cat", 0.5 + n % 7 / 20, [0.1 * (n % 5), 0.3], f"run-{i // rows_per_file}")
+        for i, n in enumerate(range(start, start + files * rows_per_file))
+    ]
+    schema = "image_id string, label string, score float, probabilities array<float>, run_id string"
+    frame = spark.createDataFrame(rows, schema).repartition(files)  # round robin: every file gets its share
+    conform_predictions(frame).write.mode("append").parquet(str(folder))
+
+
+def _rows(spark: SparkSession, folder: Path) -> Counter[tuple[object, ...]]:
+    frame = spark.read.parquet(str(folder))
+    return Counter(
+        (r["image_id"], r["label"], r["score"], tuple(r["probabilities"]), r["run_id"])
+        for r in frame.select("image_id", "label", "score", "probabilities", "run_id").collect()
+    )
+
+
+def _leftovers(table: Path) -> list[str]:
+    return sorted(p.name for p in table.iterdir() if p.name.startswith(("_staging", JOURNAL_PREFIX)))
+
+
+@pytest.fixture
+def table(spark: SparkSession, tmp_path: Path) -> Path:
+    """A predictions table whose partition holds 12 files of 5 rows."""
+    root = tmp_path / "predictions"
+    _write_files(spark, root / PARTITION, files=12, rows_per_file=5)
+    assert len(data_files(spark, str(root / PARTITION))) == 12
+    return root
+
+
+def test_a_partition_past_the_threshold_becomes_one_file_with_the_same_rows(spark: SparkSession, table: Path) -> None:
+    before = _rows(spark, table / PARTITION)
+
+    done = compact_partition(spark, str(table), PARTITION, above_files=10, conform=conform_predictions)
+
+    assert done is not None
+    assert (done.files_before, done.files_after) == (12, 1)
+    assert len(data_files(spark, str(table / PARTITION))) == 1
+    assert _rows(spark, table / PARTITION) == before
+    assert sum(before.values()) == 60
+    assert _leftovers(table) == []
+
+
+def test_a_partition_at_the_threshold_or_with_compaction_off_is_left_alone(spark: SparkSession, table: Path) -> None:
+    names = data_files(spark, str(table / PARTITION))
+
+    assert compact_partition(spark, str(table), PARTITION, above_files=12) is None
+    assert compact_partition(spark, str(table), PARTITION, above_files=0) is None
+
+    assert data_files(spark, str(table / PARTITION)) == names
+
+
+def test_the_target_size_sets_how_many_files_are_written(spark: SparkSession, table: Path) -> None:
+    total = sum(size for _, size in data_files(spark, str(table / PARTITION)))
+    before = _rows(spark, table / PARTITION)
+
+    done = compact_partition(spark, str(table), PARTITION, above_files=1, target_bytes=total // 3 + 1)
+
+    assert done is not None and done.files_after == 3
+    assert len(data_files(spark, str(table / PARTITION))) == 3
+    assert _rows(spark, table / PARTITION) == before
+
+
+@pytest.mark.parametrize("moved_new, deleted_old", [(0, 0), (1, 0), (2, 0), (2, 5)])
+def test_a_killed_compaction_is_finished_without_losing_or_doubling_a_row(
+    spark: SparkSession, table: Path, moved_new: int, deleted_old: int
+) -> None:
+    before = _rows(spark, table / PARTITION)
+    old = data_files(spark, str(table / PARTITION))
+    total = sum(size for _, size in old)
+    # Given a compaction into two files killed after its journal: some new files moved in, some old deleted
+    journal = stage_compaction(spark, str(table), PARTITION, old, target_bytes=total // 2 + 1)
+    staging = next(p for p in table.iterdir() if p.name.startswith("_staging"))
+    staged = sorted(p for p in staging.iterdir() if not p.name.startswith(("_", ".")))
+    assert len(staged) == 2
+    for path in staged[:moved_new]:
+        shutil.move(path, table / PARTITION / path.name)
+    for name, _ in old[:deleted_old]:
+        (table / PARTITION / name).unlink()
+
+    # When the next job starts
+    finished = finish_interrupted(spark, str(table))
+
+    # Then the partition holds the compacted files and exactly the rows it had
+    assert finished == [PARTITION]
+    assert sorted(name for name, _ in data_files(spark, str(table / PARTITION))) == sorted(p.name for p in staged)
+    assert _rows(spark, table / PARTITION) == before
+    assert _leftovers(table) == []
+    assert journal.startswith(JOURNAL_PREFIX)
+
+
+def test_files_appended_while_compacting_are_neither_rewritten_nor_deleted(spark: SparkSession, table: Path) -> None:
+    before = _rows(spark, table / PARTITION)
+    old = data_files(spark, str(table / PARTITION))
+    stage_compaction(spark, str(table), PARTITION, old, target_bytes=1 << 30)
+    # Given a scoring run that appends a file after the compaction listed the partition
+    _write_files(spark, table / PARTITION, files=1, rows_per_file=4, start=1000)
+    appended = set(data_files(spark, str(table / PARTITION))) - set(old)
+    assert len(appended) == 1
+
+    finish_interrupted(spark, str(table))
+
+    files = set(data_files(spark, str(table / PARTITION)))
+    assert appended <= files and len(files) == 2
+    after = _rows(spark, table / PARTITION)
+    appended_rows = Counter({row: n for row, n in after.items() if str(row[0]) >= "img-01000"})
+    assert sum(appended_rows.values()) == 4
+    assert after - appended_rows == before
