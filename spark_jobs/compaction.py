@@ -106,21 +106,36 @@ def _read_text(spark: SparkSession, path: str) -> str:
         stream.close()
 
 
-def _roll_forward(spark: SparkSession, table: str, journal_name: str) -> dict[str, Any]:
-    """Finish the compaction a journal describes: new files in, old files out, leftovers gone."""
+def _roll_forward(spark: SparkSession, table: str, journal_name: str) -> dict[str, Any] | None:
+    """Finish the compaction a journal describes: new files in, old files out, leftovers gone.
+
+    Safe to run twice at once (a job finishing a compaction that another is still running): each
+    step checks what is already done. None when the journal is gone (finished by the other job)."""
+    from py4j.protocol import Py4JJavaError
+
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     journal_path = f"{table}/{journal_name}"
-    entry = json.loads(_read_text(spark, journal_path))
+    fs, journal = hadoop_fs(spark, journal_path)
+    try:
+        entry = json.loads(_read_text(spark, journal_path))
+    except Py4JJavaError:  # FileNotFoundException, unless the journal is still there
+        if fs.exists(journal):
+            raise
+        return None  # another job finished this compaction after we listed it
     partition = f"{table}/{entry['partition']}"
-    fs, partition_path = hadoop_fs(spark, partition)
+    _, partition_path = hadoop_fs(spark, partition)
     _, staging_path = hadoop_fs(spark, f"{table}/{entry['staging']}")
     in_partition = jvm.org.apache.hadoop.fs.Path
     for name in entry["new"]:
         source, target = in_partition(staging_path, name), in_partition(partition_path, name)
         if fs.exists(target):  # moved before the interruption
             continue
-        if not fs.exists(source) or not fs.rename(source, target):
+        try:
+            moved = bool(fs.exists(source) and fs.rename(source, target))
+        except Py4JJavaError:  # the source vanished between the two calls
+            moved = False
+        if not moved and not fs.exists(target):  # target there: another job moved it meanwhile
             raise JobError(
                 f"compaction journal {journal_path} lists {name}, which is neither staged nor in {partition}: "
                 "restore the file or remove the journal by hand after checking the partition's rows"
@@ -130,7 +145,7 @@ def _roll_forward(spark: SparkSession, table: str, journal_name: str) -> dict[st
         if not fs.delete(old, False) and fs.exists(old):  # False also when deleted before the interruption
             raise JobError(f"could not delete {partition}/{name} after compacting it: check permissions on {table}")
     fs.delete(staging_path, True)
-    fs.delete(hadoop_fs(spark, journal_path)[1], False)
+    fs.delete(journal, False)
     return entry
 
 
@@ -149,6 +164,8 @@ def finish_interrupted(spark: SparkSession, table: str) -> list[str]:
     finished = []
     for name in journals:
         entry = _roll_forward(spark, table, name)
+        if entry is None:
+            continue
         log.warning("finished an interrupted compaction of %s/%s (%s)", table, entry["partition"], name)
         finished.append(str(entry["partition"]))
     return finished
@@ -213,6 +230,8 @@ def compact_partition(
         return None
     journal = stage_compaction(spark, table, partition, old, target_bytes=target_bytes, conform=conform)
     entry = _roll_forward(spark, table, journal)
+    if entry is None:
+        raise JobError(f"the journal {table}/{journal} of this compaction vanished: another job deleted it")
     done = Compaction(
         partition=partition, files_before=len(old), files_after=len(entry["new"]), bytes_before=sum(s for _, s in old)
     )
