@@ -192,7 +192,9 @@ def stage_compaction(
     # path of its own took 12.6-21.5 s to plan and the folder 1.7-2.8 s. Files that land after
     # the listing are filtered out.
     chosen = F.col("_metadata.file_name").isin([name for name, _ in old])
-    rows = conform(spark.read.parquet(f"{table}/{partition}").where(chosen))
+    # mergeSchema: without it Spark takes the columns of one file, and a partition whose older
+    # files lack a column (top_k, embedding) would lose it from every row it rewrites.
+    rows = conform(spark.read.option("mergeSchema", "true").parquet(f"{table}/{partition}").where(chosen))
     # Merging the read's splits keeps the rows in the order they were written, without a shuffle;
     # a read in fewer splits than files wanted (a target below spark.sql.files.maxPartitionBytes)
     # is spread round robin instead.

@@ -870,7 +870,8 @@ def replace_partition(
     staging = f"{table}/_staging-{token}"
     rows = fresh.drop("model_name", "model_version")
     if path_exists(spark, partition):
-        kept = conform_predictions(spark.read.parquet(partition)).join(
+        # mergeSchema: older files may lack columns (top_k, embedding) that newer rows must keep
+        kept = conform_predictions(spark.read.option("mergeSchema", "true").parquet(partition)).join(
             rescored.select("image_id"), "image_id", "left_anti"
         )
         rows = conform_predictions(rows).unionByName(kept)

@@ -153,3 +153,34 @@ def test_a_compaction_finished_by_another_job_meanwhile_is_skipped(spark: SparkS
     assert len(data_files(spark, str(table / PARTITION))) == 1
     assert _rows(spark, table / PARTITION) == before
     assert _leftovers(table) == []
+
+
+def test_columns_that_older_files_lack_are_kept_for_the_rows_that_have_them(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from pyspark.sql import functions as F
+
+    # Given a partition whose first files predate the top_k column and whose last ones carry it
+    table = tmp_path / "predictions"
+    folder = table / PARTITION
+    old_rows = spark.createDataFrame(
+        [(f"old-{i}", "cat", 0.9, "r1") for i in range(4)], "image_id string, label string, score float, run_id string"
+    )
+    old_rows.repartition(2).write.parquet(str(folder / "_write-old"))
+    for path in (folder / "_write-old").glob("part-*"):
+        path.rename(folder / f"a-{path.name}")  # listed first
+    new_rows = conform_predictions(
+        spark.createDataFrame(
+            [(f"new-{i}", "dog", 0.8, "r2") for i in range(4)],
+            "image_id string, label string, score float, run_id string",
+        ).withColumn("top_k", F.array(F.struct(F.lit("dog").alias("label"), F.lit(0.8).cast("float").alias("score"))))
+    )
+    new_rows.repartition(2).write.mode("append").parquet(str(folder))
+    shutil.rmtree(folder / "_write-old")
+
+    compact_partition(spark, str(table), PARTITION, above_files=1, conform=conform_predictions)
+
+    rows = {r["image_id"]: r["top_k"] for r in spark.read.parquet(str(folder)).collect()}
+    assert len(data_files(spark, str(folder))) == 1
+    assert all(rows[f"new-{i}"] == [("dog", pytest.approx(0.8))] for i in range(4))
+    assert all(rows[f"old-{i}"] is None for i in range(4))

@@ -100,6 +100,28 @@ def test_force_on_a_version_never_scored_writes_its_partition(spark: SparkSessio
     assert len(_rows(spark, home)) == 12
 
 
+def test_force_keeps_the_columns_of_rows_it_does_not_rescore_when_older_files_lack_them(
+    spark: SparkSession, home: RescorePaths
+) -> None:
+    # Given day 1 scored before top_k existed (a file without the column, listed first) and the
+    # other days scored now
+    partition = Path(home.predictions) / "model_name=m" / "model_version=1"
+    images = spark.read.parquet(home.images).where("ingested_at < '2026-03-02'")
+    old = images.selectExpr("image_id", "'x' AS label", "CAST(0.5 AS float) AS score", "'r0' AS run_id")
+    old.coalesce(1).write.parquet(str(partition / "_old"))
+    for path in (partition / "_old").glob("part-*"):
+        path.rename(partition / f"a-{path.name}")
+    assert _score(home, "--from-date", "2026-03-02", "--run-id", "r1") == 0
+    # When day 2 is re-scored with --force
+    assert _score(home, "--from-date", "2026-03-02", "--to-date", "2026-03-02", "--force", "--run-id", "r2") == 0
+    # Then day 3's rows, kept from before, still have their top_k
+    rows = {r["image_id"]: r for r in _rows(spark, home)}
+    assert len(rows) == 12
+    day3 = [r for i, r in rows.items() if i.startswith("img-2026-03-03")]
+    assert len(day3) == 3 and all(r["run_id"] == "r1" and len(r["top_k"]) == 1 for r in day3)
+    assert all(r["top_k"] is None for i, r in rows.items() if i.startswith("img-2026-03-01"))
+
+
 def _data_files(paths: RescorePaths) -> list[str]:
     partition = Path(paths.predictions) / "model_name=m" / "model_version=1"
     return sorted(p.name for p in partition.iterdir() if not p.name.startswith(("_", ".")))
