@@ -42,7 +42,8 @@ def current_predictions(spark: SparkSession, home: str, model_name: str) -> Data
     version = _version(paths, model_name)
     partition = f"{paths.predictions}/model_name={model_name}/model_version={version}"
     return (
-        spark.read.parquet(partition)
+        spark.read.option("mergeSchema", "true")  # older files may lack columns (top_k, embedding)
+        .parquet(partition)
         .withColumn("model_name", F.lit(model_name))
         .withColumn("model_version", F.lit(version))
     )
@@ -56,7 +57,10 @@ def current_predictions_table(home: str, model_name: str) -> pa.Table:
     paths = RescorePaths(home)
     version = _version(paths, model_name)
     partition = f"{paths.predictions}/model_name={model_name}/model_version={version}"
-    table = ds.dataset(partition, format="parquet").to_table()
+    files = ds.dataset(partition, format="parquet")
+    # The columns of every file, not only the first one's: older files may lack top_k or embedding.
+    schema = pa.unify_schemas([fragment.physical_schema for fragment in files.get_fragments()])
+    table = ds.dataset(partition, format="parquet", schema=schema).to_table()
     return table.append_column("model_name", pa.array([model_name] * table.num_rows, pa.string())).append_column(
         "model_version", pa.array([version] * table.num_rows, pa.string())
     )

@@ -160,8 +160,13 @@ def test_columns_that_older_files_lack_are_kept_for_the_rows_that_have_them(
 ) -> None:
     from pyspark.sql import functions as F
 
+    from spark_jobs.contract import RescorePaths
+    from spark_jobs.current import set_current
+    from spark_jobs.read import current_predictions
+
     # Given a partition whose first files predate the top_k column and whose last ones carry it
-    table = tmp_path / "predictions"
+    paths = RescorePaths(str(tmp_path / "home"))
+    table = Path(paths.predictions)
     folder = table / PARTITION
     old_rows = spark.createDataFrame(
         [(f"old-{i}", "cat", 0.9, "r1") for i in range(4)], "image_id string, label string, score float, run_id string"
@@ -177,6 +182,10 @@ def test_columns_that_older_files_lack_are_kept_for_the_rows_that_have_them(
     )
     new_rows.repartition(2).write.mode("append").parquet(str(folder))
     shutil.rmtree(folder / "_write-old")
+    # (users reading the promoted version see the new rows' top_k before the compaction too)
+    set_current(paths, "m", "1")
+    read = {r["image_id"]: r["top_k"] for r in current_predictions(spark, paths.home, "m").collect()}
+    assert read["new-0"] == [("dog", pytest.approx(0.8))] and read["old-0"] is None
 
     compact_partition(spark, str(table), PARTITION, above_files=1, conform=conform_predictions)
 

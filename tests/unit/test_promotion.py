@@ -95,3 +95,22 @@ def test_readers_get_exactly_the_promoted_version(paths: RescorePaths) -> None:
     table = current_predictions_table(paths.home, "m")
     assert sorted(table.column("image_id").to_pylist()) == ["v2-0", "v2-1", "v2-2"]
     assert set(table.column("model_version").to_pylist()) == {"2"}
+
+
+def test_readers_get_every_column_when_older_files_lack_some(paths: RescorePaths) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # Given a promoted version whose first file predates the top_k column
+    _scored(paths, "1", rows=2)
+    part = Path(paths.predictions) / "model_name=m" / "model_version=1"
+    top_k = pa.array(
+        [[{"label": "dog", "score": 0.75}]], pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
+    )
+    pq.write_table(pa.table({"image_id": ["new-0"], "top_k": top_k}), part / "part-1.parquet")
+    set_current(paths, "m", "1")
+
+    table = current_predictions_table(paths.home, "m")
+
+    rows = {r["image_id"]: r["top_k"] for r in table.to_pylist()}
+    assert rows == {"v1-0": None, "v1-1": None, "new-0": [{"label": "dog", "score": 0.75}]}
