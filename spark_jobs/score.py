@@ -42,7 +42,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Tuple, cast  # noqa: UP035 - 
 import pandas as pd
 import pyarrow as pa  # arrow_udf type hints are resolved at runtime
 
-from spark_jobs.compaction import COMPACT_ABOVE_FILES, TARGET_FILE_BYTES, compact_partition, finish_interrupted
+from spark_jobs.compaction import (
+    COMPACT_ABOVE_FILES,
+    TARGET_FILE_BYTES,
+    compact_partition,
+    data_files,
+    finish_interrupted,
+)
 from spark_jobs.contract import RescorePaths, default_home
 from spark_jobs.current import resolve_version
 from spark_jobs.model_store import Manifest, ModelStore, ModelVersion
@@ -909,12 +915,8 @@ def append_predictions(spark: SparkSession, table: str, fresh: DataFrame, *, mod
     fs, partition_path = hadoop_fs(spark, partition)
     _, staging_path = hadoop_fs(spark, staging)
     fs.mkdirs(partition_path)
-    for status in fs.listStatus(staging_path):
-        source = status.getPath()
-        name = str(source.getName())
-        if name.startswith(("_", ".")) or not status.isFile():
-            continue
-        target = partition_path.suffix(f"/{name}")
+    for name, _ in data_files(spark, staging):
+        source, target = staging_path.suffix(f"/{name}"), partition_path.suffix(f"/{name}")
         if not fs.rename(source, target):
             raise JobError(f"could not move {source} into {partition}: check permissions on {table}")
     fs.delete(staging_path, True)

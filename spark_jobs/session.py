@@ -61,6 +61,14 @@ def hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
     return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hadoop_path
 
 
+def list_files(spark: SparkSession, folder: str) -> list[tuple[str, int]]:
+    """(name, bytes) of the files directly in ``folder``, by name; none when it does not exist."""
+    fs, path = hadoop_fs(spark, folder)
+    if not fs.exists(path):
+        return []
+    return sorted((str(s.getPath().getName()), int(s.getLen())) for s in fs.listStatus(path) if s.isFile())
+
+
 def path_exists(spark: SparkSession, path: str) -> bool:
     """Whether a local path or Hadoop URI exists, asked through Hadoop's FileSystem."""
     fs, hadoop_path = hadoop_fs(spark, path)
