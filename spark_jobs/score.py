@@ -53,9 +53,11 @@ from spark_jobs.contract import RescorePaths, default_home
 from spark_jobs.current import resolve_version
 from spark_jobs.model_store import Manifest, ModelStore, ModelVersion
 from spark_jobs.session import JobError, get_spark, hadoop_fs, path_exists, read_table, run_main
+from spark_jobs.stages import StageClock, StageReport, stage_accumulator
 
 if TYPE_CHECKING:
     import numpy as np
+    from pyspark import Accumulator
     from pyspark.broadcast import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
@@ -285,6 +287,7 @@ class DecodedBatch(NamedTuple):
     pixels: np.ndarray | None  # N_ok x 3 x H x W float32, or N_ok x H x W x 3 uint8 (raw)
     ok_rows: list[int]
     errors: list[str | None]
+    seconds: float = 0.0  # spent decoding it (summed over slices decoded side by side)
 
 
 def decode_batch(manifest: Manifest, contents: pd.Series, paths: pd.Series, raw: bool = False) -> DecodedBatch:
@@ -294,6 +297,7 @@ def decode_batch(manifest: Manifest, contents: pd.Series, paths: pd.Series, raw:
 
     from spark_jobs.images import decode_pixels, normalise
 
+    started = time.perf_counter()
     size = manifest.input_size
     mean = (manifest.mean[0], manifest.mean[1], manifest.mean[2])
     std = (manifest.std[0], manifest.std[1], manifest.std[2])
@@ -307,7 +311,8 @@ def decode_batch(manifest: Manifest, contents: pd.Series, paths: pd.Series, raw:
             ok_rows.append(i)
         except Exception as exc:  # one bad image must not fail the partition
             errors[i] = f"cannot decode {path}: {_reason(exc)}"
-    return DecodedBatch(len(contents), np.stack(arrays) if arrays else None, ok_rows, errors)
+    stacked = np.stack(arrays) if arrays else None
+    return DecodedBatch(len(contents), stacked, ok_rows, errors, time.perf_counter() - started)
 
 
 def _reason(exc: Exception) -> str:
@@ -599,7 +604,8 @@ def _joined_slices(parts: list[DecodedBatch]) -> DecodedBatch:
         if part.pixels is not None:
             pixels.append(part.pixels)
         offset += part.size
-    return DecodedBatch(offset, np.concatenate(pixels) if pixels else None, ok_rows, errors)
+    seconds = sum(part.seconds for part in parts)
+    return DecodedBatch(offset, np.concatenate(pixels) if pixels else None, ok_rows, errors, seconds)
 
 
 def score_partition(
@@ -610,6 +616,7 @@ def score_partition(
     device: str = "cpu",
     cpus: int | None = None,
     held: HeldBatches = HELD,
+    clock: StageClock | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Score ``(content, path)`` batches, yielding Arrow record batches (columns
     :data:`PREDICTION_FIELDS`) of ``options.output_rows`` rows or a little more (the last may be
@@ -618,10 +625,14 @@ def score_partition(
     A batch is released (``held``) once scored: the count covers every batch whose images are
     alive (queued, being decoded, being scored); what waits to be sent is its rows' labels and
     probabilities, at most ``output_rows`` + ``batch_size`` rows.
+
+    ``clock`` (:mod:`spark_jobs.stages`) gets the time spent reading ``arrow_batches``, decoding,
+    waiting for decoded batches, in the model and handing results back, and the images scored.
     """
     held.reset()
+    clock = clock or StageClock()
     manifest = predictor.manifest
-    batches = _model_batches(arrow_batches, options.batch_size, held)
+    batches = _model_batches(clock.timed(arrow_batches, "input"), options.batch_size, held)
     # a GPU predictor that normalises on its device gets 8-bit pixels (a quarter of the bytes to hand over)
     raw = device.startswith("cuda") and bool(getattr(predictor, "takes_uint8", False))
     with ExitStack() as stack:
@@ -642,24 +653,36 @@ def score_partition(
             decoded = ahead
         scored: list[pa.RecordBatch] = []
         rows = 0
-        for batch in decoded:
+        for batch in clock.timed(decoded, "wait"):
+            clock.add("decode", batch.seconds)
+            started = clock.now()
             scored.append(predicted_batch(predictor, batch, options.top_k))
+            clock.add("model", clock.now() - started)
             rows += batch.size
+            clock.images += batch.size
             held.release()
             del batch  # its pixels go now, not when the next batch is decoded
             if rows >= options.output_rows:
+                started = clock.now()
                 yield pa.concat_batches(scored)
+                clock.add("output", clock.now() - started)
                 scored, rows = [], 0
         if scored:
+            started = clock.now()
             yield pa.concat_batches(scored)
+            clock.add("output", clock.now() - started)
     log.info("partition done: %d model batches, at most %d held at once", held.batches, held.max_held)
 
 
 def make_score_udf(  # type: ignore[no-untyped-def]
-    model: Broadcast[dict[str, Any]], options: ScoringOptions | None = None, scored_at: datetime | None = None
+    model: Broadcast[dict[str, Any]],
+    options: ScoringOptions | None = None,
+    scored_at: datetime | None = None,
+    stages: Accumulator[list[float]] | None = None,
 ):
     """The iterator Arrow UDF ``(content, path) -> struct<UDF_STRUCT>``: the prediction and
-    ``scored_at`` (default: now) on every row.
+    ``scored_at`` (default: now) on every row. Each task adds its :class:`StageClock` to
+    ``stages`` (:func:`spark_jobs.stages.stage_accumulator`) when it ends.
 
     An Arrow UDF (``arrow_udf``, Spark 4.1+) rather than a pandas UDF: its results go back to
     Spark as the Arrow arrays :func:`predicted_batch` builds, where a pandas UDF's frame of lists
@@ -673,13 +696,21 @@ def make_score_udf(  # type: ignore[no-untyped-def]
 
     @arrow_udf(UDF_STRUCT)  # type: ignore[call-overload]
     def score_batches(batches: Iterator[Tuple[pa.Array, pa.Array]]) -> Iterator[pa.Array]:  # noqa: UP006
-        assigned, cpus = task_device()
-        device = opts.device_for(assigned)
-        predictor = get_predictor(model.value, opts, device, cpus)
-        as_series = ((contents.to_pandas(), paths.to_pandas()) for contents, paths in batches)
-        for scored in score_partition(as_series, predictor, opts, device=device, cpus=cpus):
-            columns = [*scored.columns, pa.repeat(stamp, scored.num_rows)]
-            yield pa.StructArray.from_arrays(columns, fields=fields)
+        clock = StageClock()
+        started, cpu = clock.now(), time.process_time()
+        try:
+            assigned, cpus = task_device()
+            device = opts.device_for(assigned)
+            predictor = get_predictor(model.value, opts, device, cpus)
+            clock.add("setup", clock.now() - started)
+            as_series = ((contents.to_pandas(), paths.to_pandas()) for contents, paths in batches)
+            for scored in score_partition(as_series, predictor, opts, device=device, cpus=cpus, clock=clock):
+                columns = [*scored.columns, pa.repeat(stamp, scored.num_rows)]
+                yield pa.StructArray.from_arrays(columns, fields=fields)
+        finally:
+            clock.task, clock.cpu = clock.now() - started, time.process_time() - cpu
+            if stages is not None:
+                stages.add(clock.vector())
 
     return score_batches
 
@@ -827,13 +858,14 @@ def score_images(
     run_id: str,
     scored_at: datetime | None = None,
     options: ScoringOptions | None = None,
+    stages: Accumulator[list[float]] | None = None,
 ) -> DataFrame:
     """Predictions for ``images`` (image_id, path, content) in :data:`PREDICTIONS_SCHEMA` order,
-    plus ``model_name`` and ``model_version``."""
+    plus ``model_name`` and ``model_version``. ``stages``: see :func:`make_score_udf`."""
     from pyspark.sql import functions as F
 
     manifest = model.value["manifest"]
-    udf = make_score_udf(model, options, scored_at)
+    udf = make_score_udf(model, options, scored_at, stages)
     return images.select("image_id", udf("content", "path").alias("p")).select(
         "image_id",
         *(F.col(f"p.{name}").alias(name) for name in (*PREDICTION_FIELDS, "scored_at")),
@@ -1121,7 +1153,8 @@ def _score_new(
     )
     payload = spark.sparkContext.broadcast({"manifest": model.manifest.to_dict(), "weights": model.weights})
     started = time.perf_counter()
-    predictions = score_images(todo, payload, run_id=args.run_id, options=options)
+    stages = stage_accumulator(spark)
+    predictions = score_images(todo, payload, run_id=args.run_id, options=options, stages=stages)
     if args.force:
         where = replace_partition(
             spark, paths.predictions, predictions, model_name=args.model_name, version=version, rescored=todo
@@ -1132,6 +1165,7 @@ def _score_new(
     log.info(
         "scored %d images in %.1f s (%.1f images/s) into %s", pending, elapsed, pending / max(elapsed, 1e-9), where
     )
+    log.info("%s", StageReport.of(stages.value).summary())
     payload.unpersist()
 
 

@@ -308,7 +308,9 @@ class Bench:
             order = method_names[shift:] + method_names[:shift]
             for method in order:
                 self.wake_workers(model, method, wake, predictor)
+                self.ctx.stages.pop(model.key, None)
                 watch = self.run_method(model, method, folder, outputs / method, predictor)
+                stages = self.ctx.stages.pop(model.key, None)
                 record = {
                     "model": model.key,
                     "method": method,
@@ -319,6 +321,8 @@ class Bench:
                     "cpu_seconds_by_process": watch.cpu_by_kind,
                     "jvm_cpu_seconds_by_thread": watch.jvm_by_thread,
                 }
+                if stages is not None:  # Rescore's Python workers, by stage (spark_jobs.stages)
+                    record["python_stages"] = stages
                 timed[method].append(record)
                 self.runs.append(record)
                 log.info(

@@ -64,6 +64,8 @@ class BenchContext:
     payloads: dict[str, Broadcast[dict[str, Any]]] = field(default_factory=dict)
     mlflow_uris: dict[str, str] = field(default_factory=dict)
     pools: dict[str, ProcessPoolExecutor] = field(default_factory=dict)
+    #: per model, Rescore's last run: where its Python workers' time went (spark_jobs.stages)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,13 +287,16 @@ def run_rescore(ctx: BenchContext, model_key: str, images: DataFrame, out: Path)
     """Rescore's job as spark_jobs.score writes it: every contract column into the version's
     partition folder, named by path (not ``partitionBy``, which would add a sort per task)."""
     from spark_jobs.score import ScoringOptions, conform_predictions, score_images
+    from spark_jobs.stages import StageReport, stage_accumulator
 
     manifest = ctx.payloads[model_key].value["manifest"]
     options = ScoringOptions(batch_size=ctx.batch_size)
-    scored = score_images(images, ctx.payloads[model_key], run_id="bench", options=options)
+    stages = stage_accumulator(ctx.spark)
+    scored = score_images(images, ctx.payloads[model_key], run_id="bench", options=options, stages=stages)
     conform_predictions(scored.drop("model_name", "model_version")).write.mode("overwrite").parquet(
         str(out / f"model_name={manifest['name']}" / f"model_version={manifest['version']}")
     )
+    ctx.stages[model_key] = StageReport.of(stages.value).as_dict()
 
 
 def _decode_column(bc: Broadcast[dict[str, Any]]) -> Callable[..., Any]:

@@ -96,7 +96,18 @@ def summarise_runs(runs: list[dict[str, Any]], images: int) -> dict[str, Any]:
         "cpu_ms_per_image": 1000 * statistics.median(cpu) / images,
         "cpu_ms_per_image_by_process": _median_by_process(runs, images),
         "jvm_cpu_ms_per_image_by_thread": _median_by_process(runs, images, "jvm_cpu_seconds_by_thread"),
+        "python_stages_ms_per_image": _median_stages(runs),
     }
+
+
+def _median_stages(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Median ms per image of each stage of Rescore's Python workers (``python_stages`` of each
+    run, :class:`spark_jobs.stages.StageReport`), where every run recorded them."""
+    stages = [run.get("python_stages") for run in runs]
+    if not stages or any(s is None for s in stages):
+        return None
+    per_image = [s["ms_per_image"] for s in stages if s is not None]
+    return {name: statistics.median(split[name] for split in per_image) for name in per_image[0]}
 
 
 def _median_by_process(
@@ -362,6 +373,49 @@ def _jvm_by_thread_table(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+#: The columns of the stage table: (key in StageReport.ms_per_image, heading).
+STAGE_COLUMNS = (
+    ("wait", "waiting for decoded images"),
+    ("input", "of which reading Spark's batches"),
+    ("decode", "of which decoding"),
+    ("model", "model"),
+    ("output", "returning results"),
+    ("setup", "model setup"),
+    ("other", "other"),
+    ("task", "task"),
+    ("cpu", "CPU"),
+)
+
+
+def _python_stages_table(summary: list[dict[str, Any]], physical: dict[str, dict[str, float]]) -> list[str]:
+    """Where Rescore's Python workers spent a task's time, per model (median run), beside the
+    physical limit's decode + inference CPU per image."""
+    rows = [row for row in summary if row.get("python_stages_ms_per_image")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### Rescore's Python workers by stage (ms per image, median run)",
+        "",
+        "Each scoring task times its own thread (`spark_jobs/stages.py`; the score job logs the same line): "
+        "waiting for the next decoded batch (decoding inline, that is reading Spark's Arrow batches and "
+        "decoding), the model (forward pass and output columns), returning results to Spark, getting the "
+        "model (`model setup`: from the worker's cache in timed runs) and `other`, the rest of the task's "
+        "wall time. `CPU` is the Python workers' CPU over their tasks; `limit` is the decode + inference CPU "
+        "per image of the physical limit (single-threaded processes, files in memory). Wall times on a "
+        "machine whose cores are all busy include time waiting for a core.",
+        "",
+        "| model | " + " | ".join(title for _, title in STAGE_COLUMNS) + " | limit |",
+        "| --- | " + " | ".join("---:" for _ in STAGE_COLUMNS) + " | ---: |",
+    ]
+    for row in rows:
+        stages = row["python_stages_ms_per_image"]
+        cells = [_fmt(stages.get(key), 2) for key, _ in STAGE_COLUMNS]
+        limit = physical.get(row["model"], {}).get("cpu_ms_per_image")
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {_fmt(limit, 2)} |")
+    return lines
+
+
 def _method_label(row: dict[str, Any]) -> str:
     """The method's name, with the ceiling's winning configuration beside it."""
     return row["method"] + (f" ({row['ceiling_config']})" if row.get("ceiling_config") else "")
@@ -460,6 +514,7 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {info['best_config']} |")
     lines += _cpu_by_process_table(results["summary"])
     lines += _jvm_by_thread_table(results["summary"])
+    lines += _python_stages_table(results["summary"], results.get("physical_limit", {}))
     lines += [
         "",
         "## Targets",

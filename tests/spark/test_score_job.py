@@ -156,6 +156,17 @@ def test_a_run_with_nothing_to_score_still_compacts_and_zero_turns_it_off(
     assert len(_rows(spark, home)) == 12
 
 
+def test_the_job_logs_where_its_python_workers_spent_the_time(
+    home: RescorePaths, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="rescore.score"):
+        assert _score(home) == 0
+    lines = [r.getMessage() for r in caplog.records if "Python workers' time per image" in r.getMessage()]
+    assert len(lines) == 1
+    assert "12 images" in lines[0]  # every image of the three days, scored once
+    assert "model " in lines[0] and "decoding " in lines[0]
+
+
 def test_bad_flags_are_refused_with_the_flag_named(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--model-name", "m", "--from-date", "2026-03-05", "--to-date", "2026-03-01"])

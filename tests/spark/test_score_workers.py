@@ -503,3 +503,29 @@ def test_on_a_gpu_a_torch_model_gets_8_bit_pixels_and_scores_as_on_the_cpu(
     np.testing.assert_allclose(
         np.stack(gpu_rows["probabilities"].iloc[ok]), np.stack(cpu_rows["probabilities"].iloc[ok]), atol=1e-6
     )
+
+
+def test_every_task_adds_its_stage_clock_to_the_jobs_accumulator(spark: SparkSession, tmp_path: Path) -> None:
+    from spark_jobs.stages import TASK_THREAD_STAGES, StageReport, stage_accumulator
+
+    # Given 60 images in 3 partitions and an accumulator for the scoring UDF's clocks
+    manifest = _manifest("fake-stages", tmp_path)
+    images = _images(spark, 60, partitions=3)
+    stages = stage_accumulator(spark)
+    payload = spark.sparkContext.broadcast({"manifest": manifest.to_dict(), "weights": b""})
+    try:
+        # When they are scored
+        options = ScoringOptions(batch_size=8, builder=counting_builder)
+        rows = score_images(images, payload, run_id="t", options=options, stages=stages).collect()
+    finally:
+        payload.unpersist()
+
+    # Then the driver holds the three tasks' clocks added up: every image, time in the model,
+    # and no more time in the task thread's stages than the tasks lasted
+    report = StageReport.of(stages.value)
+    assert len(rows) == 60
+    assert (report.tasks, report.images) == (3, 60)
+    assert report.seconds["model"] > 0
+    assert report.seconds["decode"] > 0
+    assert sum(report.seconds[s] for s in TASK_THREAD_STAGES) <= report.task_seconds
+    assert report.cpu_seconds > 0

@@ -230,6 +230,73 @@ def test_report_splits_the_jvms_cpu_by_thread_from_the_runs(tmp_path: Path) -> N
     assert summarise_runs(runs, 100)["jvm_cpu_ms_per_image_by_thread"] is None
 
 
+def test_report_shows_where_rescores_python_workers_spent_the_time(tmp_path: Path) -> None:
+    # three timed runs of Rescore, each with its stage report (ms per image); medians by hand:
+    # wait 3.0, input 0.5, decode 2.5, model 12.0, output 0.1, setup 0.0, other 0.2, task 15.3, cpu 14.8
+    per_image = [
+        {
+            "wait": 3.0,
+            "input": 0.4,
+            "decode": 2.5,
+            "model": 11.0,
+            "output": 0.1,
+            "setup": 0.0,
+            "other": 0.2,
+            "task": 14.3,
+            "cpu": 14.0,
+        },
+        {
+            "wait": 3.5,
+            "input": 0.5,
+            "decode": 2.6,
+            "model": 12.0,
+            "output": 0.1,
+            "setup": 0.0,
+            "other": 0.3,
+            "task": 15.3,
+            "cpu": 14.8,
+        },
+        {
+            "wait": 2.0,
+            "input": 0.6,
+            "decode": 2.4,
+            "model": 13.0,
+            "output": 0.2,
+            "setup": 0.0,
+            "other": 0.1,
+            "task": 16.0,
+            "cpu": 15.5,
+        },
+    ]
+    runs = [
+        {"seconds": 1.0 + i / 10, "cpu_seconds": 2.0, "python_stages": {"ms_per_image": ms}}
+        for i, ms in enumerate(per_image)
+    ]
+    summary = summarise_runs(runs, 100)
+    assert summary["python_stages_ms_per_image"] == pytest.approx(
+        {
+            "wait": 3.0,
+            "input": 0.5,
+            "decode": 2.5,
+            "model": 12.0,
+            "output": 0.1,
+            "setup": 0.0,
+            "other": 0.2,
+            "task": 15.3,
+            "cpu": 14.8,
+        }
+    )
+    results = _results()
+    results["summary"][1].update(summary)
+    results["physical_limit"] = {"m64": {"cpu_ms_per_image": 13.25, "images_per_s": 150.9, "images": 100}}
+    write_report(results, tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "### Rescore's Python workers by stage (ms per image, median run)" in readme
+    assert "| m64 | 3.00 | 0.50 | 2.50 | 12.00 | 0.10 | 0.00 | 0.20 | 15.30 | 14.80 | 13.25 |" in readme
+    del runs[2]["python_stages"]  # a run of another method, or of an older harness
+    assert summarise_runs(runs, 100)["python_stages_ms_per_image"] is None
+
+
 def test_jvm_threads_are_grouped_by_their_kernel_names() -> None:
     names = {
         "C2 CompilerThre": "compiler",
