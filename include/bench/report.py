@@ -247,6 +247,15 @@ def cpu_notes(summary: list[dict[str, Any]]) -> list[str]:
             f"{model}: Rescore {rescore['cpu_ms_per_image']:.1f} ms vs the ceiling's "
             f"{ceiling['cpu_ms_per_image']:.1f} ms ({where}); others: {others}"
         )
+        stages = rescore.get("python_stages_ms_per_image")
+        if stages:
+            own = stages["input"] + stages["output"] + stages["other"] + stages["setup"]
+            notes.append(
+                f"{model}: in Rescore's Python workers a task's wall time is {stages['task']:.2f} ms per image for "
+                f"{stages['cpu']:.2f} ms of CPU: decoding {stages['decode']:.2f} and the model {stages['model']:.2f} "
+                f"(the ceiling's whole process: {ceiling['cpu_ms_per_image']:.2f}), reading Spark's batches, "
+                f"returning results, setup and the rest {own:.2f}"
+            )
         floor = rows.get("spark_io_floor")
         if floor is not None:
             notes.append(

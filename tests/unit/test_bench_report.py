@@ -293,6 +293,9 @@ def test_report_shows_where_rescores_python_workers_spent_the_time(tmp_path: Pat
     readme = (tmp_path / "README.md").read_text()
     assert "### Rescore's Python workers by stage (ms per image, median run)" in readme
     assert "| m64 | 3.00 | 0.50 | 2.50 | 12.00 | 0.10 | 0.00 | 0.20 | 15.30 | 14.80 | 13.25 |" in readme
+    # wall 15.30 for CPU 14.80; reading 0.50 + returning 0.10 + setup 0.00 + other 0.20 = 0.80
+    assert "task's wall time is 15.30 ms per image for 14.80 ms of CPU: decoding 2.50 and the model 12.00" in readme
+    assert "setup and the rest 0.80" in readme
     del runs[2]["python_stages"]  # a run of another method, or of an older harness
     assert summarise_runs(runs, 100)["python_stages_ms_per_image"] is None
 
