@@ -18,6 +18,9 @@ or doubled whatever moment the job is killed:
 3. the new files are renamed into the partition, the old ones deleted, then the staging folder and
    the journal.
 
+The score job's ``--force`` swaps a rebuilt partition in through the same journal
+(:func:`stage_swap`, then :func:`roll_forward`).
+
 A job killed before the journal exists leaves only its staging folder (the partition is as it
 was); a journal left behind is finished by the next compaction of the table (:func:`finish_interrupted`,
 run first by every score job), which moves whichever new files are still staged and deletes
@@ -99,7 +102,7 @@ def _read_text(spark: SparkSession, path: str) -> str:
         stream.close()
 
 
-def _roll_forward(spark: SparkSession, table: str, journal_name: str) -> dict[str, Any] | None:
+def roll_forward(spark: SparkSession, table: str, journal_name: str) -> dict[str, Any] | None:
     """Finish the compaction a journal describes: new files in, old files out, leftovers gone.
 
     Safe to run twice at once (a job finishing a compaction that another is still running): each
@@ -120,6 +123,7 @@ def _roll_forward(spark: SparkSession, table: str, journal_name: str) -> dict[st
     _, partition_path = hadoop_fs(spark, partition)
     _, staging_path = hadoop_fs(spark, f"{table}/{entry['staging']}")
     in_partition = jvm.org.apache.hadoop.fs.Path
+    fs.mkdirs(partition_path)  # a replacement may create the partition
     for name in entry["new"]:
         source, target = in_partition(staging_path, name), in_partition(partition_path, name)
         if fs.exists(target):  # moved before the interruption
@@ -149,7 +153,7 @@ def finish_interrupted(spark: SparkSession, table: str) -> list[str]:
     ]
     finished = []
     for name in journals:
-        entry = _roll_forward(spark, table, name)
+        entry = roll_forward(spark, table, name)
         if entry is None:
             continue
         log.warning("finished an interrupted compaction of %s/%s (%s)", table, entry["partition"], name)
@@ -172,8 +176,6 @@ def stage_compaction(
 
     total = sum(size for _, size in old)
     files = max(1, math.ceil(total / target_bytes))
-    token = uuid.uuid4().hex[:12]
-    staging = f"_staging-{token}"
     # The folder read whole and filtered by file name: with 2,000 files, listing each file as a
     # path of its own took 12.6-21.5 s to plan and the folder 1.7-2.8 s. Files that land after
     # the listing are filtered out.
@@ -185,13 +187,22 @@ def stage_compaction(
     # a read in fewer splits than files wanted (a target below spark.sql.files.maxPartitionBytes)
     # is spread round robin instead.
     rows = rows.coalesce(files) if rows.rdd.getNumPartitions() >= files else rows.repartition(files)
+    return stage_swap(spark, table, partition, [name for name, _ in old], rows)
+
+
+def stage_swap(spark: SparkSession, table: str, partition: str, old: list[str], rows: DataFrame) -> str:
+    """Write ``rows`` under a staging folder of ``table`` and the journal that swaps them in for
+    the files ``old`` of ``table/partition`` (steps 1 and 2; :func:`roll_forward` does step 3).
+    Returns the journal's name (in ``table``)."""
+    token = uuid.uuid4().hex[:12]
+    staging = f"_staging-{token}"
     rows.write.mode("overwrite").parquet(f"{table}/{staging}")
     new = [name for name, _ in data_files(spark, f"{table}/{staging}")]
     clash = set(new) & {name for name, _ in data_files(spark, f"{table}/{partition}")}
     if clash:  # Spark names files with a random UUID per job; never overwrite a partition's file
-        raise JobError(f"compacted file names {sorted(clash)} already exist in {table}/{partition}: run again")
+        raise JobError(f"new file names {sorted(clash)} already exist in {table}/{partition}: run again")
     journal = f"{JOURNAL_PREFIX}{token}.json"
-    entry = {"partition": partition, "staging": staging, "new": new, "old": [name for name, _ in old]}
+    entry = {"partition": partition, "staging": staging, "new": new, "old": old}
     _write_text(spark, f"{table}/{journal}", json.dumps(entry, indent=1))
     return journal
 
@@ -217,7 +228,7 @@ def compact_partition(
     if len(old) <= above_files:
         return None
     journal = stage_compaction(spark, table, partition, old, target_bytes=target_bytes, conform=conform)
-    entry = _roll_forward(spark, table, journal)
+    entry = roll_forward(spark, table, journal)
     if entry is None:
         raise JobError(f"the journal {table}/{journal} of this compaction vanished: another job deleted it")
     done = Compaction(

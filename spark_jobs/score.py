@@ -48,11 +48,13 @@ from spark_jobs.compaction import (
     compact_partition,
     data_files,
     finish_interrupted,
+    roll_forward,
+    stage_swap,
 )
 from spark_jobs.contract import RescorePaths, default_home
 from spark_jobs.current import resolve_version
 from spark_jobs.model_store import Manifest, ModelStore, ModelVersion
-from spark_jobs.session import JobError, get_spark, hadoop_fs, path_exists, read_table, run_main
+from spark_jobs.session import JobError, get_spark, hadoop_fs, read_table, run_main
 from spark_jobs.stages import StageClock, StageReport, stage_accumulator
 
 if TYPE_CHECKING:
@@ -898,35 +900,32 @@ def replace_partition(
     ``rescored`` holds the ``image_id`` of every image ``fresh`` scores (the input of the UDF,
     so the model does not run twice).
 
-    The new partition is written completely under a hidden staging folder (Spark's readers skip
-    names starting with ``_``), then swapped in with two renames; readers see either the old or
-    the new partition, except for the instant between the renames on a file system where a
-    rename is not atomic (object stores). Returns the partition's path.
+    The partition's files are listed first; the new rows (``fresh`` and the listed files' rows
+    not re-scored) are written under a hidden staging folder, and a journal naming the new files
+    and the listed ones swaps them in as a compaction does (:mod:`spark_jobs.compaction`): new
+    files moved in, listed files deleted. A job killed at any point leaves the version's rows
+    whole: before the journal exists the partition is untouched, after it the next score job
+    finishes the swap before it reads anything. (Moving the partition aside and the staging folder
+    in its place, as this did before, lost the rows not re-scored to a hidden ``_replaced-``
+    folder when a job was killed between the two renames: on an object store a folder's rename
+    is a copy of every file.) Files appended after the listing are neither rewritten nor
+    deleted. Returns the partition's path.
     """
-    partition = f"{table}/model_name={model_name}/model_version={version}"
-    token = uuid.uuid4().hex[:12]
-    staging = f"{table}/_staging-{token}"
-    rows = fresh.drop("model_name", "model_version")
-    if path_exists(spark, partition):
+    from pyspark.sql import functions as F
+
+    relative = f"model_name={model_name}/model_version={version}"
+    partition = f"{table}/{relative}"
+    old = [name for name, _ in data_files(spark, partition)]
+    rows = conform_predictions(fresh.drop("model_name", "model_version"))
+    if old:
         # mergeSchema: older files may lack columns (top_k, embedding) that newer rows must keep
-        kept = conform_predictions(spark.read.option("mergeSchema", "true").parquet(partition)).join(
-            rescored.select("image_id"), "image_id", "left_anti"
-        )
-        rows = conform_predictions(rows).unionByName(kept)
-    conform_predictions(rows).write.mode("overwrite").parquet(staging)
-    fs, partition_path = hadoop_fs(spark, partition)
-    _, staging_path = hadoop_fs(spark, staging)
-    _, old_path = hadoop_fs(spark, f"{table}/_replaced-{token}")
-    fs.mkdirs(partition_path.getParent())
-    had_old = bool(fs.exists(partition_path))
-    if had_old and not fs.rename(partition_path, old_path):
-        raise JobError(f"could not move {partition} aside to replace it: check permissions on {table}")
-    if not fs.rename(staging_path, partition_path):
-        if had_old:
-            fs.rename(old_path, partition_path)
-        raise JobError(f"could not move the re-scored predictions into {partition}; the old ones are kept")
-    if had_old:
-        fs.delete(old_path, True)
+        merged = spark.read.option("mergeSchema", "true").parquet(partition)
+        listed = merged.where(F.col("_metadata.file_name").isin(old))  # not files appended since
+        kept = conform_predictions(listed).join(rescored.select("image_id"), "image_id", "left_anti")
+        rows = rows.unionByName(kept)
+    journal = stage_swap(spark, table, relative, old, rows)
+    if roll_forward(spark, table, journal) is None:
+        raise JobError(f"the journal {table}/{journal} of this replacement vanished: another job deleted it")
     return partition
 
 

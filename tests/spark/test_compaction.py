@@ -141,15 +141,15 @@ def test_files_appended_while_compacting_are_neither_rewritten_nor_deleted(spark
 
 
 def test_a_compaction_finished_by_another_job_meanwhile_is_skipped(spark: SparkSession, table: Path) -> None:
-    from spark_jobs.compaction import _roll_forward
+    from spark_jobs.compaction import roll_forward
 
     before = _rows(spark, table / PARTITION)
     old = data_files(spark, str(table / PARTITION))
     journal = stage_compaction(spark, str(table), PARTITION, old, target_bytes=1 << 30)
     # Given two jobs that both listed the journal, and the first finished it
-    assert _roll_forward(spark, str(table), journal) is not None
+    assert roll_forward(spark, str(table), journal) is not None
     # When the second gets to it, it finds it gone and changes nothing
-    assert _roll_forward(spark, str(table), journal) is None
+    assert roll_forward(spark, str(table), journal) is None
     assert len(data_files(spark, str(table / PARTITION))) == 1
     assert _rows(spark, table / PARTITION) == before
     assert _leftovers(table) == []

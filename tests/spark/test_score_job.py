@@ -95,6 +95,39 @@ def test_force_rescores_the_range_in_place_and_keeps_the_rest(spark: SparkSessio
     assert leftovers == []
 
 
+def test_a_force_run_killed_while_swapping_its_rows_in_is_finished_by_the_next_run(
+    spark: SparkSession, home: RescorePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spark_jobs import score
+
+    assert _score(home, "--run-id", "r1") == 0
+
+    # Given a --force run of day 2 killed once its new rows are staged and its journal written,
+    # before any file moved (the old partition moved aside and not yet replaced lost days 1 and 3)
+    def killed(*_: object) -> None:
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(score, "roll_forward", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _score(home, "--from-date", "2026-03-02", "--to-date", "2026-03-02", "--force", "--run-id", "r3")
+    monkeypatch.undo()
+    journals = [p.name for p in Path(home.predictions).iterdir() if p.name.startswith("_compaction-")]
+    assert len(journals) == 1
+    assert len(_rows(spark, home)) == 12  # readers still see the old rows, once each
+
+    # When the next run starts (nothing new to score)
+    assert _score(home, "--run-id", "r4") == 0
+
+    # Then the swap is finished: each image once, day 2 from r3, the others still from r1
+    rows = _rows(spark, home)
+    assert len(rows) == 12
+    assert sorted(r["image_id"] for r in rows) == sorted({r["image_id"] for r in rows})
+    by_run = {r["image_id"]: r["run_id"] for r in rows}
+    assert {i for i, run in by_run.items() if run == "r3"} == {i for i in by_run if i.startswith("img-2026-03-02")}
+    assert set(by_run.values()) == {"r1", "r3"}
+    assert [p.name for p in Path(home.predictions).iterdir() if p.name.startswith("_")] == []
+
+
 def test_force_on_a_version_never_scored_writes_its_partition(spark: SparkSession, home: RescorePaths) -> None:
     assert _score(home, "--force", "--run-id", "r1") == 0
     assert len(_rows(spark, home)) == 12
