@@ -156,7 +156,7 @@ def finish_interrupted(spark: SparkSession, table: str) -> list[str]:
         entry = roll_forward(spark, table, name)
         if entry is None:
             continue
-        log.warning("finished an interrupted compaction of %s/%s (%s)", table, entry["partition"], name)
+        log.warning("finished an interrupted swap of %s/%s (%s)", table, entry["partition"], name)
         finished.append(str(entry["partition"]))
     return finished
 
