@@ -56,6 +56,10 @@ COMPACT_ABOVE_FILES = 64
 #: The size of a compacted file (``--compact-file-mb``): Spark's ``maxPartitionBytes``, one task each.
 TARGET_FILE_BYTES = 128 * 1024 * 1024
 JOURNAL_PREFIX = "_compaction-"
+STAGING_PREFIX = "_staging-"
+#: A staging folder no journal names and in which nothing changed for this long is what a job
+#: killed while writing left behind; the next score job removes it.
+STAGING_RETENTION_HOURS = 7 * 24
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,54 @@ def finish_interrupted(spark: SparkSession, table: str) -> list[str]:
     return finished
 
 
+def remove_abandoned_staging(
+    spark: SparkSession, table: str, *, older_than_hours: float = STAGING_RETENTION_HOURS, now_ms: int | None = None
+) -> list[str]:
+    """Remove the ``_staging-*`` folders of ``table`` that a killed job left: those no journal names
+    and in which nothing (the folder or any file under it) changed for ``older_than_hours``.
+    Returns their names.
+
+    A job writing its rows touches its staging folder's files as its tasks commit, and a journal
+    names the folder of a swap in progress, so neither is taken; a folder whose times are unknown
+    (0: object stores keep none for folders) and that holds no file is left alone.
+    """
+    import time
+
+    from py4j.protocol import Py4JJavaError
+
+    if older_than_hours <= 0:
+        return []
+    fs, root = hadoop_fs(spark, table)
+    if not fs.exists(root):
+        return []
+    entries = list(fs.listStatus(root))
+    referenced = set()
+    for status in entries:
+        name = str(status.getPath().getName())
+        if status.isFile() and name.startswith(JOURNAL_PREFIX) and name.endswith(".json"):
+            try:
+                referenced.add(json.loads(_read_text(spark, f"{table}/{name}"))["staging"])
+            except Py4JJavaError:  # finished (and deleted) by another job since the listing
+                continue
+    cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - int(older_than_hours * 3600 * 1000)
+    removed = []
+    for status in entries:
+        name = str(status.getPath().getName())
+        if not status.isDirectory() or not name.startswith(STAGING_PREFIX) or name in referenced:
+            continue
+        newest = int(status.getModificationTime())
+        files = fs.listFiles(status.getPath(), True)
+        while files.hasNext():
+            newest = max(newest, int(files.next().getModificationTime()))
+        if 0 < newest < cutoff:
+            fs.delete(status.getPath(), True)
+            log.warning(
+                "removed %s/%s: a killed job's staging folder, unchanged for %g hours", table, name, older_than_hours
+            )
+            removed.append(name)
+    return removed
+
+
 def stage_compaction(
     spark: SparkSession,
     table: str,
@@ -195,7 +247,7 @@ def stage_swap(spark: SparkSession, table: str, partition: str, old: list[str], 
     the files ``old`` of ``table/partition`` (steps 1 and 2; :func:`roll_forward` does step 3).
     Returns the journal's name (in ``table``)."""
     token = uuid.uuid4().hex[:12]
-    staging = f"_staging-{token}"
+    staging = f"{STAGING_PREFIX}{token}"
     rows.write.mode("overwrite").parquet(f"{table}/{staging}")
     new = [name for name, _ in data_files(spark, f"{table}/{staging}")]
     clash = set(new) & {name for name, _ in data_files(spark, f"{table}/{partition}")}

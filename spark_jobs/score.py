@@ -44,10 +44,12 @@ import pyarrow as pa  # arrow_udf type hints are resolved at runtime
 
 from spark_jobs.compaction import (
     COMPACT_ABOVE_FILES,
+    STAGING_PREFIX,
     TARGET_FILE_BYTES,
     compact_partition,
     data_files,
     finish_interrupted,
+    remove_abandoned_staging,
     roll_forward,
     stage_swap,
 )
@@ -941,7 +943,7 @@ def append_predictions(spark: SparkSession, table: str, fresh: DataFrame, *, mod
     scores only the others. Returns the partition's path.
     """
     partition = f"{table}/model_name={model_name}/model_version={version}"
-    staging = f"{table}/_staging-{uuid.uuid4().hex[:12]}"
+    staging = f"{table}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     conform_predictions(fresh.drop("model_name", "model_version")).write.mode("overwrite").parquet(staging)
     fs, partition_path = hadoop_fs(spark, partition)
     _, staging_path = hadoop_fs(spark, staging)
@@ -1094,6 +1096,7 @@ def _main(argv: list[str] | None) -> int:
     if images is None:
         raise JobError(f"the images table {paths.images} is empty: run ingest first")
     finish_interrupted(spark, paths.predictions)  # a killed compaction must not leave rows twice
+    remove_abandoned_staging(spark, paths.predictions)
     _score_new(
         spark, args, model=model, version=version, paths=paths, options=options, arrow_batch=arrow_batch, images=images
     )

@@ -193,3 +193,46 @@ def test_columns_that_older_files_lack_are_kept_for_the_rows_that_have_them(
     assert len(data_files(spark, str(folder))) == 1
     assert all(rows[f"new-{i}"] == [("dog", pytest.approx(0.8))] for i in range(4))
     assert all(rows[f"old-{i}"] is None for i in range(4))
+
+
+def test_a_killed_jobs_staging_folder_is_removed_after_a_week_and_no_other(spark: SparkSession, table: Path) -> None:
+    import json
+    import os
+    import time
+
+    from spark_jobs.compaction import STAGING_RETENTION_HOURS, remove_abandoned_staging
+
+    def staging(name: str, age_hours: float) -> Path:
+        folder = table / name
+        _write_files(spark, folder, files=1, rows_per_file=2, start=5000)
+        stamp = time.time() - age_hours * 3600
+        for path in [*folder.rglob("*"), folder]:  # files first, then the folder itself
+            os.utime(path, (stamp, stamp))
+        return folder
+
+    # Given a killed job's staging folder untouched for 8 days, an 8-day-old one in which a running
+    # job wrote a file an hour ago, one 8 days old that a pending journal names, and one 6 days old
+    staging("_staging-killed", 8 * 24)
+    running = staging("_staging-running", 8 * 24)
+    written = next(p for p in running.rglob("part-*"))
+    os.utime(written, (time.time() - 3600, time.time() - 3600))  # a task committed a file an hour ago
+    staging("_staging-journaled", 8 * 24)
+    staging("_staging-recent", 6 * 24)
+    (table / f"{JOURNAL_PREFIX}abc.json").write_text(
+        json.dumps({"partition": PARTITION, "staging": "_staging-journaled", "new": [], "old": []})
+    )
+    before = _rows(spark, table / PARTITION)
+
+    # When the next score job looks
+    removed = remove_abandoned_staging(spark, str(table))
+
+    # Then only the killed job's folder is gone, and the table's rows are untouched
+    assert STAGING_RETENTION_HOURS == 7 * 24
+    assert removed == ["_staging-killed"]
+    assert sorted(p.name for p in table.iterdir() if p.name.startswith("_staging")) == [
+        "_staging-journaled",
+        "_staging-recent",
+        "_staging-running",
+    ]
+    assert _rows(spark, table / PARTITION) == before
+    assert remove_abandoned_staging(spark, str(table), older_than_hours=0) == []
