@@ -76,6 +76,10 @@ def _is_data(name: str) -> bool:
     return not name.startswith(("_", "."))
 
 
+def _is_journal(name: str) -> bool:
+    return name.startswith(JOURNAL_PREFIX) and name.endswith(".json")
+
+
 def data_files(spark: SparkSession, folder: str) -> list[tuple[str, int]]:
     """(name, bytes) of the data files directly in ``folder`` (none when it does not exist)."""
     return [(name, size) for name, size in list_files(spark, folder) if _is_data(name)]
@@ -152,9 +156,7 @@ def roll_forward(spark: SparkSession, table: str, journal_name: str) -> dict[str
 
 def finish_interrupted(spark: SparkSession, table: str) -> list[str]:
     """Finish every compaction of ``table`` that a killed job left half done; their partitions."""
-    journals = [
-        name for name, _ in list_files(spark, table) if name.startswith(JOURNAL_PREFIX) and name.endswith(".json")
-    ]
+    journals = [name for name, _ in list_files(spark, table) if _is_journal(name)]
     finished = []
     for name in journals:
         entry = roll_forward(spark, table, name)
@@ -166,7 +168,7 @@ def finish_interrupted(spark: SparkSession, table: str) -> list[str]:
 
 
 def remove_abandoned_staging(
-    spark: SparkSession, table: str, *, older_than_hours: float = STAGING_RETENTION_HOURS, now_ms: int | None = None
+    spark: SparkSession, table: str, *, older_than_hours: float = STAGING_RETENTION_HOURS
 ) -> list[str]:
     """Remove the ``_staging-*`` folders of ``table`` that a killed job left: those no journal names
     and in which nothing (the folder or any file under it) changed for ``older_than_hours``.
@@ -189,12 +191,14 @@ def remove_abandoned_staging(
     referenced = set()
     for status in entries:
         name = str(status.getPath().getName())
-        if status.isFile() and name.startswith(JOURNAL_PREFIX) and name.endswith(".json"):
+        if status.isFile() and _is_journal(name):
             try:
                 referenced.add(json.loads(_read_text(spark, f"{table}/{name}"))["staging"])
-            except Py4JJavaError:  # finished (and deleted) by another job since the listing
-                continue
-    cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - int(older_than_hours * 3600 * 1000)
+            except Py4JJavaError:
+                if fs.exists(status.getPath()):  # unreadable: never take the staging folder it may name
+                    raise
+                continue  # finished (and deleted) by another job since the listing
+    cutoff = int((time.time() - older_than_hours * 3600) * 1000)
     removed = []
     for status in entries:
         name = str(status.getPath().getName())
