@@ -188,8 +188,10 @@ class Stopwatch:
     the JVM's by :data:`JVM_GROUPS`."""
 
     def __enter__(self) -> Stopwatch:
-        self.jvm_start = jvm_threads_cpu()
+        # The threads' snapshots are taken inside the processes' ones, so that the threads' window
+        # lies within the processes' and their sum cannot take in CPU the processes' total missed.
         self.cpu_start = tree_cpu_by_process()
+        self.jvm_start = jvm_threads_cpu()
         self.start = time.perf_counter()
         return self
 
@@ -197,7 +199,10 @@ class Stopwatch:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.seconds = time.perf_counter() - self.start
+        jvm_end = jvm_threads_cpu()
         self.cpu_by_kind = cpu_between(self.cpu_start, tree_cpu_by_process())
         self.cpu_seconds = sum(self.cpu_by_kind.values())
         #: the JVM's CPU by :data:`JVM_GROUPS`, over the threads alive at the end of the block
-        self.jvm_by_thread = cpu_between(self.jvm_start, jvm_threads_cpu(), JVM_GROUPS)
+        #: (the kernel counts each thread's CPU in clock ticks, so each thread's share may be off
+        #: by one tick, ``1 / os.sysconf("SC_CLK_TCK")`` seconds, usually 0.01)
+        self.jvm_by_thread = cpu_between(self.jvm_start, jvm_end, JVM_GROUPS)
