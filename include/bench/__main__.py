@@ -15,7 +15,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,13 +64,31 @@ def spark_partitions(images: int, cores: int, batch_size: int, cpu_s_per_image: 
     return -(-fitting // cores) * cores
 
 
+def next_extra_round(
+    rounds_done: dict[str, int], round_seconds: dict[str, float], most_rounds: int, seconds_left: float
+) -> str | None:
+    """The model to time one more round of, or None: among those with fewer than ``most_rounds``,
+    the one with the fewest rounds (the first such in order) whose estimated round still fits the
+    ``seconds_left``; a model whose round does not fit is passed over for a cheaper one.
+    ``round_seconds`` is each model's estimate (its slowest round so far)."""
+    candidates = [key for key, done in rounds_done.items() if done < most_rounds]
+    for key in sorted(candidates, key=lambda k: rounds_done[k]):  # stable: order kept among equals
+        if round_seconds[key] <= seconds_left:
+            return key
+    return None
+
+
 @dataclass(frozen=True)
 class Plan:
     """How big a run is; ``quick`` fits in five minutes on 2 cores, ``full`` in 45."""
 
     mode: str
     images: dict[str, int]  # per model key
-    rounds: int
+    #: timed rounds of every method: always ``least_rounds``, then more, up to ``most_rounds``,
+    #: while the run still fits its ``budget_s`` (see :func:`next_extra_round`)
+    least_rounds: int
+    most_rounds: int
+    budget_s: float
     warmup_images: int  # at least; see warmup_count
     scaling_base: int
     scaling_multipliers: tuple[int, ...]
@@ -84,6 +102,11 @@ class Plan:
     #: spent 0.81 JVM CPU ms per image against 0.33-0.38 in later rounds (MobileNetV2: 4.5
     #: against 1.5). Quick mode's figures are indicative anyway: it keeps its short warm-up.
     warmup_seconds: float = 0.0
+    #: all Spark methods share one pool of Python workers (``--shared-python-workers``). Quick
+    #: mode does: with a pool per method, Spark stops a pool's workers after a minute idle, so
+    #: each of its timed runs had to be preceded by a wake-up run that builds the model again
+    #: (:meth:`Bench.wake_workers`): for the Keras model 8-9 s each, 10 minutes for a quick run.
+    shared_python_workers: bool = False
 
 
 PLANS = {
@@ -91,22 +114,28 @@ PLANS = {
         "quick",
         {"small_cnn_64": 256, "resnet18_160": 64, "mobilenet_v2_160": 32},
         2,
+        2,
+        300,
         32,
         64,
         (1, 4, 16),
         (16, 160),
         {"small_cnn_64": (256, 1024), "resnet18_160": (64, 192)},
+        shared_python_workers=True,
     ),
     "full": Plan(
         "full",
         # Spark spends about a second per job whatever its size (planning, task start, the
         # writers): these counts make each Spark run last 5-15 s, so it weighs a tenth or less.
         {"small_cnn_64": 6000, "resnet18_160": 900, "mobilenet_v2_160": 900},
-        # 3 rounds: the full run must fit in 45 minutes on 2 cores, and with 4 it took 45.7 on a
-        # slower 2-core Xeon (8.5 minutes a round: small CNN 1.9, ResNet-18 2.9, MobileNetV2 3.7).
-        # The same run repeated varies by 5-10% on a shared 2-core machine; the min is reported
-        # beside the median.
+        # 2 to 3 rounds within 45 minutes: the whole run took 21 to 49 minutes on 2-core hosts of
+        # the same kind with 3 or 4 rounds (a round 4.5 to 8.5 minutes: small CNN 1.9, ResNet-18
+        # 2.9, MobileNetV2 3.7 on the slowest), so a fixed count either wastes a fast host or runs
+        # over on a slow one. The same run repeated varies by 5-10% on a shared 2-core machine;
+        # the min is reported beside the median.
+        2,
         3,
+        45 * 60,
         128,
         200,
         (1, 10, 100),
@@ -146,7 +175,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--shared-python-workers",
         action="store_true",
         help="let all Spark methods share one pool of Python workers (default: each method its own, "
-        "as in separate applications)",
+        "as in separate applications; --quick always shares)",
     )
     args = parser.parse_args(argv)
     if args.cores < 1 or args.batch_size < 1:
@@ -212,6 +241,29 @@ def machine_info(cores: int) -> dict[str, Any]:
     }
 
 
+#: Seconds kept in the budget beyond the estimated scaling and memory runs (the report, and
+#: ``make bench``'s ingest benchmark after this harness: 20-40 s on 2 cores).
+RESERVE_FIXED_S = 90.0
+
+
+@dataclass
+class ModelRun:
+    """One model's timed rounds in progress (:meth:`Bench.start_model`)."""
+
+    model: BenchModel
+    count: int  # images in every timed run
+    folder: Path  # the timed runs' images
+    configs: list[str]  # the ceiling's configurations
+    methods: list[str]  # everything timed: the ceiling's configurations, the Spark methods, the floor
+    predictor: Any
+    timed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    round_seconds: list[float] = field(default_factory=list)  # each whole round, wake-ups included
+
+    @property
+    def rounds(self) -> int:
+        return len(self.round_seconds)
+
+
 class Bench:
     """One benchmark run: the Spark session, the models, and everything measured so far."""
 
@@ -225,7 +277,10 @@ class Bench:
         self.physical: dict[str, dict[str, float]] = {}
         self.sustained: list[dict[str, Any]] = []
         self.warmups: dict[str, int] = {}
+        self.shared_python_workers: bool = args.shared_python_workers or plan.shared_python_workers
+        started = time.perf_counter()
         self.spark = start_spark(args.cores, args.batch_size)
+        self.spark_start_s = time.perf_counter() - started
         self.ctx = M.BenchContext(self.spark, args.cores, args.batch_size)
 
     # -- one method, one run ---------------------------------------------------------------------
@@ -246,7 +301,7 @@ class Bench:
             else:
                 cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
                 partitions = partitions or spark_partitions(len(files), self.args.cores, self.args.batch_size, cpu_s)
-                if not self.args.shared_python_workers:
+                if not self.shared_python_workers:
                     M.own_python_workers(self.spark, method)
                 images = M.read_files(self.spark, folder, partitions=partitions)
                 M.SPARK_RUNNERS[method](self.ctx, model.key, images, out)
@@ -264,14 +319,16 @@ class Bench:
         with a round of the other methods in between, the timed run would otherwise start new
         workers and build its model again (seconds for TensorFlow), which a long job does once.
         """
-        if method in M.SPARK_METHODS and not self.args.shared_python_workers:
+        if method in M.SPARK_METHODS and not self.shared_python_workers:
             out = self.workdir / "out" / model.key / "wake" / method
             self.run_method(model, method, wake, out, predictor, partitions=self.args.cores)
             shutil.rmtree(out, ignore_errors=True)
 
     # -- one model: warm-up, interleaved rounds, agreement ----------------------------------------
 
-    def measure_model(self, model: BenchModel, files: list[Path]) -> None:
+    def start_model(self, model: BenchModel, files: list[Path]) -> ModelRun:
+        """Broadcast the model, start the ceiling's process pool, measure the physical limit and
+        warm every method up; the timed rounds follow (:meth:`time_round`)."""
         from spark_jobs.models import build_predictor
 
         count = self.plan.images[model.key]
@@ -292,49 +349,60 @@ class Bench:
             self.args.cores,
         )
         configs = list(M.iter_ceiling_configs(self.args.cores))
-        method_names = [*configs, *M.SPARK_METHODS, M.SPARK_FLOOR]
-        outputs = self.workdir / "out" / model.key
+        run = ModelRun(model, count, folder, configs, [*configs, *M.SPARK_METHODS, M.SPARK_FLOOR], predictor)
+        run.timed = {m: [] for m in run.methods}
         cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
         self.warmups[model.key] = warmup_count(self.plan.warmup_images, count, cpu_s, self.plan.warmup_seconds)
         warm = link_set(files[: self.warmups[model.key]], sets / f"{model.key}-warmup")
         log.info("%s: warm-up on %d images", model.key, self.warmups[model.key])
-        for method in method_names:
-            watch = self.run_method(model, method, warm, outputs / "warmup" / method, predictor)
+        for method in run.methods:
+            watch = self.run_method(model, method, warm, self.outputs(model) / "warmup" / method, predictor)
             log.info("  warm-up %-24s %6.1f s", method, watch.seconds)
-        wake = link_set(files[: 2 * self.args.cores], self.wake_set(model))
-        timed: dict[str, list[dict[str, Any]]] = {m: [] for m in method_names}
-        for round_no in range(self.plan.rounds):
-            shift = round_no * 3 % len(method_names)
-            order = method_names[shift:] + method_names[:shift]
-            for method in order:
-                self.wake_workers(model, method, wake, predictor)
-                self.ctx.stages.pop(model.key, None)
-                watch = self.run_method(model, method, folder, outputs / method, predictor)
-                stages = self.ctx.stages.pop(model.key, None)
-                record = {
-                    "model": model.key,
-                    "method": method,
-                    "round": round_no,
-                    "images": count,
-                    "seconds": watch.seconds,
-                    "cpu_seconds": watch.cpu_seconds,
-                    "cpu_seconds_by_process": watch.cpu_by_kind,
-                    "jvm_cpu_seconds_by_thread": watch.jvm_by_thread,
-                }
-                if stages is not None:  # Rescore's Python workers, by stage (spark_jobs.stages)
-                    record["python_stages"] = stages
-                timed[method].append(record)
-                self.runs.append(record)
-                log.info(
-                    "  round %d %-24s %6.1f s %7.1f images/s", round_no, method, watch.seconds, count / watch.seconds
-                )
+        link_set(files[: 2 * self.args.cores], self.wake_set(model))
+        return run
+
+    def outputs(self, model: BenchModel) -> Path:
+        return self.workdir / "out" / model.key
+
+    def time_round(self, run: ModelRun) -> None:
+        """One timed run of every method, in an order shifted by three each round."""
+        model, round_no = run.model, run.rounds
+        started = time.perf_counter()
+        shift = round_no * 3 % len(run.methods)
+        for method in run.methods[shift:] + run.methods[:shift]:
+            self.wake_workers(model, method, self.wake_set(model), run.predictor)
+            self.ctx.stages.pop(model.key, None)
+            watch = self.run_method(model, method, run.folder, self.outputs(model) / method, run.predictor)
+            stages = self.ctx.stages.pop(model.key, None)
+            record = {
+                "model": model.key,
+                "method": method,
+                "round": round_no,
+                "images": run.count,
+                "seconds": watch.seconds,
+                "cpu_seconds": watch.cpu_seconds,
+                "cpu_seconds_by_process": watch.cpu_by_kind,
+                "jvm_cpu_seconds_by_thread": watch.jvm_by_thread,
+            }
+            if stages is not None:  # Rescore's Python workers, by stage (spark_jobs.stages)
+                record["python_stages"] = stages
+            run.timed[method].append(record)
+            self.runs.append(record)
+            log.info(
+                "  round %d %-24s %6.1f s %7.1f images/s", round_no, method, watch.seconds, run.count / watch.seconds
+            )
+        run.round_seconds.append(time.perf_counter() - started)
+
+    def finish_model(self, run: ModelRun) -> None:
+        """Stop the model's process pool; check every method's predictions against the ceiling's
+        and add its rows to the summary."""
+        model, count, configs = run.model, run.count, run.configs
         self.ctx.pools.pop(model.key).shutdown()
-        if model.key in self.plan.sustained:
-            self.sustained.append(self.measure_sustained(model, files[: self.plan.sustained[model.key][0]]))
+        outputs = self.outputs(model)
         reference = M.read_predictions(outputs / "dataloader_w0")
         rows: dict[str, dict[str, Any]] = {}
-        for method in method_names:
-            row = {"model": model.key, "method": method, **summarise_runs(timed[method], count)}
+        for method in run.methods:
+            row = {"model": model.key, "method": method, **summarise_runs(run.timed[method], count)}
             if method == M.SPARK_FLOOR:
                 row.update(agreement=None, status="no model (Spark's floor)")
             else:
@@ -354,6 +422,40 @@ class Bench:
             row["ceiling_ratio"] = row["images_per_s_median"] / ceiling_ips
             self.summary.append(row)
 
+    def reserve_seconds(self, first: ModelRun) -> float:
+        """What the scaling and memory runs will take, estimated from Rescore's fastest timed run
+        of the first model (the one they use) and from how long a Spark session took to start."""
+        if self.args.skip_scaling:
+            return 0.0
+        best = min(r["seconds"] for r in first.timed[M.RESCORE])
+        per_image = best / first.count  # on all the cores
+        scaling = self.plan.scaling_base * (1 + sum(self.plan.scaling_multipliers)) * per_image
+        # every memory run is one partition (one core) and starts a fresh Spark session
+        sizes = self.plan.memory_partitions
+        memory = 2 * (sum(sizes) * per_image * self.args.cores + len(sizes) * self.spark_start_s)
+        return 1.2 * (scaling + memory) + RESERVE_FIXED_S
+
+    def extra_rounds(self, runs: list[ModelRun], started: float) -> None:
+        """More timed rounds, up to the plan's most, while the run still fits its budget with the
+        scaling and memory runs after them (:func:`next_extra_round`)."""
+        reserve = self.reserve_seconds(runs[0])
+        by_key = {run.model.key: run for run in runs}
+        while True:
+            left = self.plan.budget_s - (time.perf_counter() - started) - reserve
+            key = next_extra_round(
+                {k: r.rounds for k, r in by_key.items()},
+                {k: max(r.round_seconds) for k, r in by_key.items()},
+                self.plan.most_rounds,
+                left,
+            )
+            if key is None:
+                break
+            log.info("%s: round %d (%.0f s left in the budget after it and the rest)", key, by_key[key].rounds, left)
+            self.time_round(by_key[key])
+        for run in runs:
+            if run.rounds < self.plan.most_rounds:
+                log.info("%s: %d timed rounds (the next would not fit the budget)", run.model.key, run.rounds)
+
     def measure_sustained(self, model: BenchModel, base: list[Path]) -> dict[str, Any]:
         """Rescore at two image counts (copies of ``base``), twice each, interleaved: the marginal
         rate between the best times is what a long job sustains once Spark's fixed cost is paid."""
@@ -364,7 +466,7 @@ class Bench:
             folders[n] = (link_set(base, self.workdir / "sets" / f"sustained-{model.key}-{n}", copies=copies), copies)
         # Spark's floor (the same job without decoding or a model) at the same counts: its marginal
         # CPU per image is what Spark itself spends per image, which no Spark method can avoid.
-        wake = self.wake_set(model)  # linked by measure_model
+        wake = self.wake_set(model)  # linked by start_model
         best: dict[tuple[str, int], Stopwatch] = {}  # the fastest run of each method and size
         for _ in range(2):
             for n, (folder, copies) in folders.items():
@@ -497,11 +599,21 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, plan)
     files = generate_images(bench.workdir / "images", max(*plan.images.values(), plan.scaling_base), args.seed)
     models = prepare_models(bench.workdir, [k for k in args.models.split(",") if k])
-    model_rows = []
+    runs = []
     for model in models:
         log.info("measuring %s (%d images)", model.key, plan.images[model.key])
-        bench.measure_model(model, files)
-        model_rows.append({"key": model.key, "title": model.title, "status": "measured", **model.info})
+        run = bench.start_model(model, files)
+        for _ in range(plan.least_rounds):
+            bench.time_round(run)
+        if model.key in plan.sustained:
+            bench.sustained.append(bench.measure_sustained(model, files[: plan.sustained[model.key][0]]))
+        runs.append(run)
+    if runs:
+        bench.extra_rounds(runs, started)
+    model_rows = []
+    for run in runs:
+        bench.finish_model(run)
+        model_rows.append({"key": run.model.key, "title": run.model.title, "status": "measured", **run.model.info})
     keras_missing = keras_status()
     if keras_missing:
         model_rows.append(
@@ -525,13 +637,15 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "cores": args.cores,
             "batch_size": args.batch_size,
-            "rounds": plan.rounds,
+            "rounds": {run.model.key: run.rounds for run in runs},
+            "rounds_planned": [plan.least_rounds, plan.most_rounds],
+            "budget_s": plan.budget_s,
             "warmup_images": bench.warmups,
             "seed": args.seed,
             "spark_partitions": f"up to {PARTITIONS_PER_CORE} per core, each with 2 model batches and "
             f"{TASK_SECONDS:g} s of single-core work at least, a multiple of the cores",
             "rss_interval_s": rss_interval,
-            "python_workers": "shared" if args.shared_python_workers else "per method",
+            "python_workers": "shared" if bench.shared_python_workers else "per method",
         },
         "data": describe(files),
         "models": model_rows,

@@ -453,6 +453,19 @@ def _warmup_text(warmup: int | dict[str, int]) -> str:
     return ", ".join(parts) if parts else "no images"
 
 
+def _rounds_text(settings: dict[str, Any]) -> str:
+    """``3 timed rounds per method``, or per model with the budget that decided them."""
+    rounds = settings["rounds"]
+    if isinstance(rounds, int):
+        return f"{rounds} timed rounds per method"
+    counts = ", ".join(f"{n} ({key})" for key, n in rounds.items())
+    least, most = settings["rounds_planned"]
+    return (
+        f"timed rounds per method: {counts}; {least} always, up to {most} while the run fits its "
+        f"{settings['budget_s'] / 60:.0f}-minute budget"
+    )
+
+
 def _python_workers_lines(settings: dict[str, Any]) -> list[str]:
     """How the Spark methods' Python workers were pooled (older results do not say: nothing)."""
     pooling = settings.get("python_workers")
@@ -489,7 +502,7 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
         f"- **Load:** 1-minute load average {machine['loadavg_start']} at the start, "
         f"{machine['loadavg_end']} at the end" + (f"; {results['note']}" if results.get("note") else ""),
         f"- **Run:** {results['started_at']}, {results['duration_s']:.0f} s; batch size {settings['batch_size']}, "
-        f"{settings['rounds']} timed rounds per method, interleaved, after one warm-up round on "
+        f"{_rounds_text(settings)}, interleaved, after one warm-up round on "
         f"{_warmup_text(settings['warmup_images'])}",
         *_python_workers_lines(settings),
         f"- **Images:** {results['data']['count']} generated photo-like JPEGs, "

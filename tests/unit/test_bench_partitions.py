@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.bench.__main__ import PLANS, spark_partitions, warmup_count
+from include.bench.__main__ import PLANS, next_extra_round, spark_partitions, warmup_count
 
 pytestmark = pytest.mark.unit
 
@@ -45,3 +45,41 @@ def test_warm_up_carries_the_plans_seconds_of_work_within_a_timed_run(
 def test_only_the_full_run_sizes_its_warm_up_by_work() -> None:
     assert PLANS["full"].warmup_seconds >= 1.0
     assert PLANS["quick"].warmup_seconds == 0.0
+
+
+def test_extra_rounds_go_to_the_model_with_fewest_in_order_and_pass_over_one_that_does_not_fit() -> None:
+    seconds = {"cnn": 100.0, "resnet": 200.0, "mobilenet": 300.0}
+    assert next_extra_round({"cnn": 2, "resnet": 2, "mobilenet": 2}, seconds, 3, 1000.0) == "cnn"
+    assert next_extra_round({"cnn": 3, "resnet": 2, "mobilenet": 2}, seconds, 3, 1000.0) == "resnet"
+    # resnet's round (200 s) does not fit in 150 s, but a cheaper model with the most rounds left does
+    assert next_extra_round({"cnn": 2, "resnet": 2, "mobilenet": 2}, seconds, 4, 150.0) == "cnn"
+    assert next_extra_round({"cnn": 3, "resnet": 2, "mobilenet": 2}, seconds, 3, 150.0) is None
+    assert next_extra_round({"cnn": 3, "resnet": 3, "mobilenet": 3}, seconds, 3, 10_000.0) is None
+
+
+def test_extra_rounds_stop_at_the_budget_whatever_the_host_speed() -> None:
+    """The loop Bench.extra_rounds runs, with a clock that advances by each round's time."""
+
+    def schedule(left: float, seconds: dict[str, float]) -> dict[str, int]:
+        done = dict.fromkeys(seconds, 2)
+        while (key := next_extra_round(done, seconds, 3, left)) is not None:
+            done[key] += 1
+            left -= seconds[key]
+            assert left >= 0
+        return done
+
+    fast = {"cnn": 100.0, "resnet": 150.0, "mobilenet": 200.0}
+    assert schedule(600.0, fast) == {"cnn": 3, "resnet": 3, "mobilenet": 3}
+    slow = {"cnn": 115.0, "resnet": 175.0, "mobilenet": 220.0}
+    assert schedule(450.0, slow) == {"cnn": 3, "resnet": 3, "mobilenet": 2}
+    assert schedule(100.0, slow) == {"cnn": 2, "resnet": 2, "mobilenet": 2}
+
+
+def test_every_plan_times_at_least_two_rounds_and_the_quick_one_no_more() -> None:
+    for plan in PLANS.values():
+        assert 2 <= plan.least_rounds <= plan.most_rounds
+    assert PLANS["quick"].most_rounds == PLANS["quick"].least_rounds
+    assert (PLANS["quick"].budget_s, PLANS["full"].budget_s) == (5 * 60, 45 * 60)
+    # the full run gives each Spark method workers of its own; quick mode cannot afford the
+    # wake-up runs that takes and shares one pool
+    assert (PLANS["quick"].shared_python_workers, PLANS["full"].shared_python_workers) == (True, False)

@@ -572,3 +572,16 @@ def test_report_says_how_the_python_workers_were_pooled(tmp_path: Path) -> None:
     results["settings"]["python_workers"] = "shared"
     write_report(results, tmp_path)
     assert "- **Python workers:** shared by all Spark methods" in (tmp_path / "README.md").read_text()
+
+
+def test_report_says_how_many_rounds_each_model_got_within_the_budget(tmp_path: Path) -> None:
+    results = _results()
+    results["settings"].update(rounds={"m64": 3, "keras": 2}, rounds_planned=[2, 3], budget_s=2700)
+    write_report(results, tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "timed rounds per method: 3 (m64), 2 (keras); 2 always, up to 3 while the run fits its 45-minute budget" in (
+        readme
+    )
+    results["settings"]["rounds"] = 4  # results.json written when every model got the same count
+    write_report(results, tmp_path)
+    assert "4 timed rounds per method, interleaved" in (tmp_path / "README.md").read_text()
