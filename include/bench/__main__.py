@@ -450,7 +450,12 @@ class Bench:
             )
             if key is None:
                 break
-            log.info("%s: round %d (%.0f s left in the budget after it and the rest)", key, by_key[key].rounds, left)
+            log.info(
+                "%s: round %d (%.0f s of the budget left before it, beyond the scaling and memory runs)",
+                key,
+                by_key[key].rounds,
+                left,
+            )
             self.time_round(by_key[key])
         for run in runs:
             if run.rounds < self.plan.most_rounds:
