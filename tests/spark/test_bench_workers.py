@@ -11,6 +11,8 @@ import pandas as pd
 from include.bench import methods as M
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pyspark.sql import SparkSession
 
 
@@ -99,3 +101,26 @@ def test_the_stopwatch_splits_the_jvms_cpu_by_thread(spark: SparkSession) -> Non
     ran = sum(1 for key, (_, seconds) in after.items() if seconds != before.get(key, ("", 0.0))[1])
     tick = 1 / os.sysconf("SC_CLK_TCK")
     assert sum(watch.jvm_by_thread.values()) <= watch.cpu_by_kind["jvm"] + ran * tick + 0.01
+
+
+def test_the_files_are_read_in_exactly_the_partitions_asked(spark: SparkSession, tmp_path: Path) -> None:
+    """Every Spark method reads its images through M.read_files: a partition more than asked (as
+    the bytes divided by the partitions gave) leaves one core idle for the last task."""
+    import random
+
+    rng = random.Random(7)
+    for i in range(37):
+        (tmp_path / f"{i:03d}.jpg").write_bytes(b"x" * rng.randint(1_000, 30_000))
+    keys = ("spark.sql.files.openCostInBytes", "spark.sql.files.maxPartitionBytes", "spark.sql.files.minPartitionNum")
+    saved = {key: spark.conf.get(key, None) for key in keys}
+    try:
+        got = {n: M.read_files(spark, tmp_path, partitions=n).rdd.getNumPartitions() for n in (1, 2, 3, 4, 8)}
+        rows = M.read_files(spark, tmp_path, partitions=4).count()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+    assert got == {1: 1, 2: 2, 3: 3, 4: 4, 8: 8}
+    assert rows == 37

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from include.bench.__main__ import PLANS, next_extra_round, spark_partitions, warmup_count
+from include.bench.methods import packed_partitions, partition_bytes_for
 
 pytestmark = pytest.mark.unit
 
@@ -83,3 +84,18 @@ def test_every_plan_times_at_least_two_rounds_and_the_quick_one_no_more() -> Non
     # the full run gives each Spark method workers of its own; quick mode cannot afford the
     # wake-up runs that takes and shares one pool
     assert (PLANS["quick"].shared_python_workers, PLANS["full"].shared_python_workers) == (True, False)
+
+
+def test_files_are_packed_largest_first_into_partitions_up_to_the_limit() -> None:
+    sizes = [5, 10, 1, 9, 5]  # each file also costs one byte to open
+    # 10 -> 11; 9 would make 20 > 12: new; 5 -> 15 > 12: new (6); 5 -> 11 (12); 1 -> 13 > 12: new
+    assert packed_partitions(sizes, 12) == 4
+    assert packed_partitions(sizes, 19) == 3  # {10}, {9, 5}, {5, 1}
+    assert packed_partitions(sizes, 20) == 2  # {10, 9}, {5, 5, 1}
+
+
+def test_the_partition_size_is_the_least_that_packs_into_the_partitions_asked() -> None:
+    sizes = [5, 10, 1, 9, 5]
+    assert partition_bytes_for(sizes, 2) == 20
+    assert partition_bytes_for(sizes, 1) == 34  # 30 bytes and the first four files' opening
+    assert partition_bytes_for(sizes, 5) == 11  # never below the largest file and its opening
