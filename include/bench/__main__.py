@@ -242,7 +242,7 @@ def machine_info(cores: int) -> dict[str, Any]:
 
 
 #: Seconds kept in the budget beyond the estimated scaling and memory runs (the report, and
-#: ``make bench``'s ingest benchmark after this harness: 20-40 s on 2 cores).
+#: ``make bench``'s ingest benchmark after this harness: about 45 s on 2 cores).
 RESERVE_FIXED_S = 90.0
 
 
