@@ -256,8 +256,11 @@ class ModelRun:
     configs: list[str]  # the ceiling's configurations
     methods: list[str]  # everything timed: the ceiling's configurations, the Spark methods, the floor
     predictor: Any
-    timed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    timed: dict[str, list[dict[str, Any]]] = field(init=False)  # each method's timed runs
     round_seconds: list[float] = field(default_factory=list)  # each whole round, wake-ups included
+
+    def __post_init__(self) -> None:
+        self.timed = {method: [] for method in self.methods}
 
     @property
     def rounds(self) -> int:
@@ -350,7 +353,6 @@ class Bench:
         )
         configs = list(M.iter_ceiling_configs(self.args.cores))
         run = ModelRun(model, count, folder, configs, [*configs, *M.SPARK_METHODS, M.SPARK_FLOOR], predictor)
-        run.timed = {m: [] for m in run.methods}
         cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
         self.warmups[model.key] = warmup_count(self.plan.warmup_images, count, cpu_s, self.plan.warmup_seconds)
         warm = link_set(files[: self.warmups[model.key]], sets / f"{model.key}-warmup")
