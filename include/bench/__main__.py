@@ -277,7 +277,11 @@ class Bench:
         self.runs: list[dict[str, Any]] = []
         self.summary: list[dict[str, Any]] = []
         self.ceiling: dict[str, Any] = {}
-        self.physical: dict[str, dict[str, float]] = {}
+        self.physical: dict[str, dict[str, Any]] = {}
+        #: CPU seconds per image the Spark runs' partitions are planned on: the physical limit as
+        #: :meth:`start_model` measured it, fixed for the model's runs (later rounds of the limit
+        #: must not change how a method's later rounds are partitioned)
+        self.planning_cpu_s: dict[str, float] = {}
         self.sustained: list[dict[str, Any]] = []
         self.warmups: dict[str, int] = {}
         self.shared_python_workers: bool = args.shared_python_workers or plan.shared_python_workers
@@ -302,7 +306,7 @@ class Bench:
                 pool = self.ctx.pools[model.key]
                 M.ceiling_process_per_core(pool, files, out, cores=self.args.cores, batch_size=self.args.batch_size)
             else:
-                cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
+                cpu_s = self.planning_cpu_s[model.key]
                 partitions = partitions or spark_partitions(len(files), self.args.cores, self.args.batch_size, cpu_s)
                 if not self.shared_python_workers:
                     M.own_python_workers(self.spark, method)
@@ -353,7 +357,7 @@ class Bench:
         )
         configs = list(M.iter_ceiling_configs(self.args.cores))
         run = ModelRun(model, count, folder, configs, [*configs, *M.SPARK_METHODS, M.SPARK_FLOOR], predictor)
-        cpu_s = self.physical[model.key]["cpu_ms_per_image"] / 1000
+        cpu_s = self.planning_cpu_s[model.key] = self.physical[model.key]["cpu_ms_per_image"] / 1000
         self.warmups[model.key] = warmup_count(self.plan.warmup_images, count, cpu_s, self.plan.warmup_seconds)
         warm = link_set(files[: self.warmups[model.key]], sets / f"{model.key}-warmup")
         log.info("%s: warm-up on %d images", model.key, self.warmups[model.key])
@@ -463,9 +467,15 @@ class Bench:
             if run.rounds < self.plan.most_rounds:
                 log.info("%s: %d timed rounds (the next would not fit the budget)", run.model.key, run.rounds)
 
-    def measure_sustained(self, model: BenchModel, base: list[Path]) -> dict[str, Any]:
+    def measure_sustained(self, model: BenchModel, base: list[Path], limit_files: list[Path]) -> dict[str, Any]:
         """Rescore at two image counts (copies of ``base``), twice each, interleaved: the marginal
-        rate between the best times is what a long job sustains once Spark's fixed cost is paid."""
+        rate between the best times is what a long job sustains once Spark's fixed cost is paid.
+
+        Before each pass a round of the physical limit is measured again on ``limit_files`` (the
+        files :meth:`start_model` measured it on) and joins that model's rounds: the sustained
+        rate and the limit it is compared with are then taken on the host as it is at the same
+        minutes (a 2-core host's speed moved by 10-20% within a run, and a limit measured only
+        before the timed rounds once came out 9% above the Python workers' own CPU per image)."""
         counts = self.plan.sustained[model.key]
         folders = {}
         for n in counts:
@@ -476,6 +486,10 @@ class Bench:
         wake = self.wake_set(model)  # linked by start_model
         best: dict[tuple[str, int], Stopwatch] = {}  # the fastest run of each method and size
         for _ in range(2):
+            pool, cores = self.ctx.pools[model.key], self.args.cores
+            again = M.physical_limit(pool, limit_files, cores=cores, batch_size=self.args.batch_size, repeats=1)
+            self.physical[model.key] = M.limit_again(self.physical[model.key], again, cores=cores)
+            log.info("  physical limit again: %.2f CPU ms per image", again["cpu_ms_per_image"])
             for n, (folder, copies) in folders.items():
                 for method in (M.RESCORE, M.SPARK_FLOOR):
                     out = self.workdir / "out" / "sustained" / model.key
@@ -613,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(plan.least_rounds):
             bench.time_round(run)
         if model.key in plan.sustained:
-            bench.sustained.append(bench.measure_sustained(model, files[: plan.sustained[model.key][0]]))
+            base, limit_files = files[: plan.sustained[model.key][0]], files[: plan.images[model.key]]
+            bench.sustained.append(bench.measure_sustained(model, base, limit_files))
         runs.append(run)
     if runs:
         bench.extra_rounds(runs, started)

@@ -203,20 +203,41 @@ def _pool_cpu_per_image(files: list[str], batch_size: int) -> float:
 
 def physical_limit(
     pool: Executor, files: list[Path], *, cores: int, batch_size: int, repeats: int = 3
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The physical limit of the issue: ``cores`` / (decode + inference CPU seconds per image).
 
     The CPU time is measured in single-threaded processes with the files in memory, ``cores`` of
     them at once (so the cores share caches and memory bandwidth as they do in a real run), and
-    averaged over them; the best of ``repeats`` such rounds counts.
+    averaged over them; the best of ``repeats`` such rounds counts (:func:`limit_of`).
     """
     names = [str(f) for f in files]
     rounds = []
     for _ in range(repeats):
         futures = [pool.submit(_pool_cpu_per_image, names, batch_size) for _ in range(cores)]
-        rounds.append(sum(f.result() for f in futures) / cores)
-    per_image = min(rounds)
-    return {"cpu_ms_per_image": 1000 * per_image, "images_per_s": cores / per_image, "images": len(files)}
+        rounds.append(1000 * sum(f.result() for f in futures) / cores)
+    return limit_of(rounds, cores=cores, images=len(files))
+
+
+def limit_of(rounds_ms: list[float], *, cores: int, images: int) -> dict[str, Any]:
+    """The physical limit from rounds of :func:`physical_limit` (CPU ms per image each): the
+    best round counts; every round is kept, in the order measured, to show their spread."""
+    if not rounds_ms:
+        raise ValueError("the physical limit needs at least one measured round")
+    best = min(rounds_ms)
+    return {
+        "cpu_ms_per_image": best,
+        "images_per_s": cores * 1000 / best,
+        "images": images,
+        "rounds_cpu_ms": [round(r, 4) for r in rounds_ms],
+    }
+
+
+def limit_again(earlier: dict[str, Any], again: dict[str, Any], *, cores: int) -> dict[str, Any]:
+    """``earlier``'s limit with ``again``'s rounds (measured later, beside the sustained runs) added:
+    the best of all of them counts, and ``rounds_beside_sustained`` says how many came later."""
+    rounds = [*earlier["rounds_cpu_ms"], *again["rounds_cpu_ms"]]
+    beside = int(earlier.get("rounds_beside_sustained", 0)) + len(again["rounds_cpu_ms"])
+    return {**limit_of(rounds, cores=cores, images=earlier["images"]), "rounds_beside_sustained": beside}
 
 
 def start_process_pool(payload: dict[str, Any], cores: int) -> ProcessPoolExecutor:

@@ -273,6 +273,32 @@ def spark_bound(limit_cpu_ms: float | None, spark_cpu_ms: float | None) -> float
     return limit_cpu_ms / (limit_cpu_ms + max(spark_cpu_ms, 0.0))
 
 
+def _limit_rounds_text(limits: dict[str, dict[str, Any]]) -> str:
+    """How the physical limits were measured: best of three rounds before the model's timed
+    rounds, and (since the limit is measured beside the sustained runs too) one more before each
+    pass of those."""
+    beside = {limit.get("rounds_beside_sustained", 0) for limit in limits.values()} - {0}
+    if not beside:
+        return "best of three rounds"
+    count = " or ".join(str(n) for n in sorted(beside))
+    return (
+        f"best of all its rounds: three before the model's timed rounds and {count} more, one before each "
+        "pass of the sustained runs, so that the limit is measured in the same minutes as the rate compared "
+        "with it; a 2-core host's speed moves by 10-20% within a run"
+    )
+
+
+def _limit_rounds(limit: dict[str, Any]) -> str:
+    """A limit's rounds in the order measured, those beside the sustained runs after a ``·``."""
+    rounds = limit.get("rounds_cpu_ms")
+    if not rounds:
+        return "–"
+    beside = int(limit.get("rounds_beside_sustained", 0))
+    first = ", ".join(f"{r:.2f}" for r in rounds[: len(rounds) - beside])
+    later = ", ".join(f"{r:.2f}" for r in rounds[len(rounds) - beside :])
+    return f"{first} · {later}" if later else first
+
+
 def physical_targets(sustained: list[dict[str, Any]], limits: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Per model: Rescore's sustained images/s over the physical limit, at least 0.90."""
     targets = []
@@ -570,7 +596,7 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
             "",
             "The physical limit is the cores divided by the CPU time of decode + preprocessing + inference "
             "per image, measured in single-threaded processes, one per core and all at once, with the files in "
-            "memory (best of three rounds). Rescore's sustained "
+            f"memory ({_limit_rounds_text(limits)}). Rescore's sustained "
             "rate is the marginal rate between two runs of different size (best of two each): "
             "(images₂ − images₁) / (seconds₂ − seconds₁), what a long job gets once Spark's fixed cost per "
             "job is paid. Spark's own CPU per image is the marginal CPU of `spark_io_floor` (the same job "
@@ -581,10 +607,11 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
             "split by process: its Python workers (decoding, the model, Arrow in and out; compare with the "
             "limit's CPU) and the JVM (reading the files, Arrow, writing Parquet).",
             "",
-            "| model | decode + inference CPU ms / image | physical limit (images/s) | Rescore runs "
+            "| model | decode + inference CPU ms / image | the limit's rounds (CPU ms / image) "
+            "| physical limit (images/s) | Rescore runs "
             "| sustained images/s | sustained CPU ms / image | of which Python workers | of which the JVM "
             "| × physical limit | Spark's own CPU ms / image | reachable × limit |",
-            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for row in results["sustained"]:
             limit = limits.get(row["model"], {})
@@ -595,7 +622,8 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
             reachable = spark_bound(limit.get("cpu_ms_per_image"), floor_ms)
             split = row.get("cpu_ms_per_image_by_process") or {}
             lines.append(
-                f"| {row['model']} | {_fmt(limit.get('cpu_ms_per_image'), 2)} | {_fmt(limit.get('images_per_s'))} "
+                f"| {row['model']} | {_fmt(limit.get('cpu_ms_per_image'), 2)} | {_limit_rounds(limit)} "
+                f"| {_fmt(limit.get('images_per_s'))} "
                 f"| {runs} | {_fmt(row['images_per_s'])} | {_fmt(row['cpu_ms_per_image'], 2)} "
                 f"| {_fmt(split.get('python_workers'), 2)} | {_fmt(split.get('jvm'), 2)} | {_fmt(ratio, 2)} "
                 f"| {_fmt(floor_ms, 2)} | {_fmt(reachable, 2)} |"
