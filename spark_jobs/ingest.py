@@ -687,7 +687,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--path-glob", default=None, help="only files whose name matches, e.g. '*.jpg'")
     parser.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
     parser.add_argument("--modified-after", default=None, help="ignore files modified at or before this time")
-    parser.add_argument("--max-files-per-batch", type=int, default=DEFAULT_MAX_FILES_PER_BATCH)
+    parser.add_argument(
+        "--max-files-per-batch",
+        type=int,
+        default=DEFAULT_MAX_FILES_PER_BATCH,
+        help="files per micro-batch (Spark's maxFilesPerTrigger; default %(default)s): a run takes every new "
+        "file in as many batches as it needs, and the driver holds one batch's file listing at a time",
+    )
     return parser.parse_args(argv)
 
 
@@ -697,7 +703,11 @@ def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if args.source not in SOURCES:
         raise JobError(f"unknown --source {args.source!r}: use one of {', '.join(SOURCES)}")
-    for option, value in (("--max-pixels", args.max_pixels), ("--max-file-bytes", args.max_file_bytes)):
+    for option, value in (
+        ("--max-pixels", args.max_pixels),
+        ("--max-file-bytes", args.max_file_bytes),
+        ("--max-files-per-batch", args.max_files_per_batch),
+    ):
         if value <= 0:
             raise JobError(f"{option} {value} must be a positive number")
     paths = RescorePaths(args.home)

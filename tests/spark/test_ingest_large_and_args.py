@@ -122,6 +122,7 @@ def test_an_unknown_source_lists_the_known_ones(rescore_home: Path, caplog: pyte
     ("argv", "expected"),
     [
         (["--max-pixels", "0"], "--max-pixels 0 must be a positive number"),
+        (["--max-files-per-batch", "0"], "--max-files-per-batch 0 must be a positive number"),
         (["--modified-after", "last tuesday"], "--modified-after 'last tuesday' is not a timestamp: use ISO 8601"),
     ],
 )
