@@ -280,7 +280,8 @@ def _limit_rounds_text(limits: dict[str, dict[str, Any]]) -> str:
     beside = {limit.get("rounds_beside_sustained", 0) for limit in limits.values()} - {0}
     if not beside:
         return "best of three rounds"
-    count = " or ".join(str(n) for n in sorted(beside))
+    words = {1: "one", 2: "two", 3: "three"}
+    count = " or ".join(words.get(n, str(n)) for n in sorted(beside))
     return (
         f"best of all its rounds: three before the model's timed rounds and {count} more, one before each "
         "pass of the sustained runs, so that the limit is measured in the same minutes as the rate compared "

@@ -548,7 +548,7 @@ def test_report_shows_the_limits_rounds_before_and_beside_the_sustained_runs(tmp
     write_report(results, tmp_path)
     readme = (tmp_path / "README.md").read_text()
     assert "| m64 | 20.00 | 21.00, 22.50, 20.50 · 20.00, 23.00 | 100.0 |" in readme
-    assert "three before the model's timed rounds and 2 more, one before each pass of the sustained runs" in readme
+    assert "three before the model's timed rounds and two more, one before each pass of the sustained runs" in readme
     assert "(best of three rounds)" not in readme
 
 
