@@ -587,6 +587,11 @@ class Bench:
                         "allocator": allocator,
                         "partition_images": count,
                         "peak_worker_mb": sampler.peak_worker_bytes / 2**20,
+                        # where that worker's memory was at its peak: the C library's heap, anonymous
+                        # mappings (large blocks, other arenas and pools), the rest (libraries, stacks)
+                        "peak_worker_split_mb": {
+                            kind: size / 2**20 for kind, size in (sampler.peak_worker_split or {}).items()
+                        },
                         "peak_total_mb": sampler.peak_total_bytes / 2**20,
                         "python_cpu_ms_per_image": 1000 * watch.cpu_by_kind["python_workers"] / count,
                         "samples": sampler.samples,

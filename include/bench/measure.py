@@ -128,6 +128,38 @@ def jvm_threads_cpu(root: int | None = None) -> dict[tuple[int, int], tuple[str,
     return cpu
 
 
+#: Kinds of resident memory :func:`memory_split` tells apart.
+MEMORY_KINDS = ("heap", "anonymous", "other")
+
+
+def split_smaps(text: str) -> dict[str, int]:
+    """Resident bytes by kind of mapping, from the text of ``/proc/<pid>/smaps``: ``heap`` is the
+    C library's main heap (``[heap]``: what ``malloc`` serves below its mmap threshold from the
+    main thread's arena), ``anonymous`` the mappings without a name (large ``malloc`` blocks,
+    other threads' arenas, Arrow's and PyTorch's own pools), ``other`` the rest (code and data
+    of libraries and files, stacks)."""
+    split = dict.fromkeys(MEMORY_KINDS, 0)
+    kind = "other"
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        if not fields[0].endswith(":"):  # a mapping's header: address perms offset dev inode [name]
+            name = fields[5] if len(fields) > 5 else ""
+            kind = "heap" if name == "[heap]" else "anonymous" if name == "" else "other"
+        elif fields[0] == "Rss:":
+            split[kind] += int(fields[1]) * 1024
+    return split
+
+
+def memory_split(pid: int) -> dict[str, int] | None:
+    """:func:`split_smaps` of a running process; None when it is gone or cannot be read."""
+    try:
+        return split_smaps(Path(f"/proc/{pid}/smaps").read_text())
+    except OSError:
+        return None
+
+
 def is_python_worker(proc: psutil.Process) -> bool:
     """A PySpark Python worker (forked from ``pyspark.daemon``) or the daemon itself."""
     try:
@@ -141,12 +173,19 @@ class WorkerMemorySampler:
     """Samples the resident memory of Spark's Python workers every ``interval`` seconds.
 
     ``peak_worker_bytes`` is the largest single worker seen, ``peak_total_bytes`` the largest sum
-    over all workers at one instant.
+    over all workers at one instant. ``peak_worker_split`` is that worker's resident memory by
+    kind (:func:`memory_split`), read whenever its peak rose by :data:`SPLIT_STEP` or more since
+    the last reading (reading ``smaps`` costs milliseconds: not on every sample).
     """
+
+    #: bytes the peak must rise by before its split is read again
+    SPLIT_STEP = 1 << 20
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self.peak_worker_bytes = 0
+        self.peak_worker_split: dict[str, int] | None = None
+        self._split_at = 0
         self.peak_total_bytes = 0
         self.samples = 0
         self._stop = threading.Event()
@@ -162,7 +201,12 @@ class WorkerMemorySampler:
             except psutil.Error:
                 continue
             total += rss
-            self.peak_worker_bytes = max(self.peak_worker_bytes, rss)
+            if rss > self.peak_worker_bytes:
+                self.peak_worker_bytes = rss
+                if rss >= self._split_at + self.SPLIT_STEP:
+                    split = memory_split(proc.pid)
+                    if split is not None:
+                        self.peak_worker_split, self._split_at = split, rss
         self.peak_total_bytes = max(self.peak_total_bytes, total)
         self.samples += 1
 

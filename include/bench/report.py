@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from include.bench.measure import CPU_KINDS, JVM_GROUPS
+from include.bench.measure import CPU_KINDS, JVM_GROUPS, MEMORY_KINDS
 
 MIN_ARGMAX_AGREEMENT = 0.99
 PROBABILITY_TOLERANCE = 1e-3
@@ -198,11 +198,16 @@ def memory_section(memory: list[dict[str, Any]], interval_s: float) -> list[str]
         f"again on every batch); `{RETURNED}` is the same job with `RESCORE_KEEP_FREED_MEMORY=0`. The step "
         "column is each size's peak over the previous size's (target: at most "
         f"{MEMORY_GROWTH_LIMIT:.2f} per tenfold step). Python-worker CPU per image includes the worker's "
-        "start and the model's build, which dominate the smallest sizes.",
+        "start and the model's build, which dominate the smallest sizes. `heap`, `anonymous` and `other` "
+        "split the worker's peak by kind of mapping (read from `/proc/<pid>/smaps` as the peak rose): the C "
+        "library's main heap (what `malloc` serves from the main thread's arena), anonymous mappings (large "
+        "blocks, other arenas, Arrow's and PyTorch's pools) and the rest (libraries' code and data, stacks). "
+        "A step that grows the heap alone, with the anonymous mappings flat, is the allocator's high-water "
+        "mark (how its first batches happened to fragment it), not data the worker holds.",
         "",
         "| model | allocator | images in the partition | peak RSS of one worker (MiB) | step | "
-        "peak RSS of all workers (MiB) | Python-worker CPU ms / image | samples |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "heap | anonymous | other | peak RSS of all workers (MiB) | Python-worker CPU ms / image | samples |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     previous: dict[str, float] = {}
     for m in memory:
@@ -211,9 +216,11 @@ def memory_section(memory: list[dict[str, Any]], interval_s: float) -> list[str]
         step = f"{m['peak_worker_mb'] / before:.2f}" if before else "–"
         previous[allocator] = m["peak_worker_mb"]
         cpu = m.get("python_cpu_ms_per_image")
+        split = m.get("peak_worker_split_mb") or {}
+        kinds = " | ".join(_fmt(split.get(kind), 0) for kind in MEMORY_KINDS)
         lines.append(
             f"| {m['model']} | {allocator} | {m['partition_images']} | {m['peak_worker_mb']:.0f} | {step} "
-            f"| {m['peak_total_mb']:.0f} | {'–' if cpu is None else f'{cpu:.2f}'} | {m['samples']} |"
+            f"| {kinds} | {m['peak_total_mb']:.0f} | {'–' if cpu is None else f'{cpu:.2f}'} | {m['samples']} |"
         )
     return lines
 
