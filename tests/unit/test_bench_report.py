@@ -522,24 +522,31 @@ def test_memory_sampler_sees_python_workers_in_the_process_tree() -> None:
     assert sum(split.values()) == pytest.approx(sampler.peak_worker_bytes, rel=0.05)
 
 
+def _sustained_row(**extra: object) -> dict[str, object]:
+    """One row of results["sustained"] for model m64: 100 then 400 images, 80 images/s marginal."""
+    return {
+        "model": "m64",
+        "images": [100, 400],
+        "seconds": [3.0, 6.75],
+        "cpu_seconds": [6.0, 13.5],
+        "images_per_s": 80.0,
+        "cpu_ms_per_image": 25.0,
+        **extra,
+    }
+
+
 def test_physical_target_compares_the_sustained_rate_with_cores_over_cpu_per_image(tmp_path: Path) -> None:
     results = _results()
     # 2 cores at 20 ms of decode + inference per image: at most 100 images/s.
     results["physical_limit"] = {"m64": {"cpu_ms_per_image": 20.0, "images_per_s": 100.0, "images": 100}}
     results["sustained"] = [
-        {
-            "model": "m64",
-            "images": [100, 400],
-            "seconds": [3.0, 6.75],
-            "cpu_seconds": [6.0, 13.5],
-            "images_per_s": 80.0,
-            "cpu_ms_per_image": 25.0,
-            "cpu_ms_per_image_by_process": {"python_workers": 19.0, "jvm": 5.5, "driver": 0.5, "other": 0.0},
+        _sustained_row(
+            cpu_ms_per_image_by_process={"python_workers": 19.0, "jvm": 5.5, "driver": 0.5, "other": 0.0},
             # Spark alone spends 5 ms per image: 20 / (20 + 5) = 0.8 of the limit at best.
-            "floor_seconds": [0.5, 0.8],
-            "floor_images_per_s": 1000.0,
-            "floor_cpu_ms_per_image": 5.0,
-        }
+            floor_seconds=[0.5, 0.8],
+            floor_images_per_s=1000.0,
+            floor_cpu_ms_per_image=5.0,
+        )
     ]
     write_report(results, tmp_path)
     targets = {(t["model"], t["target"]): t for t in json.loads((tmp_path / "results.json").read_text())["targets"]}
@@ -573,16 +580,7 @@ def test_report_shows_the_limits_rounds_before_and_beside_the_sustained_runs(tmp
             "rounds_beside_sustained": 2,
         }
     }
-    results["sustained"] = [
-        {
-            "model": "m64",
-            "images": [100, 400],
-            "seconds": [3.0, 6.75],
-            "cpu_seconds": [6.0, 13.5],
-            "images_per_s": 80.0,
-            "cpu_ms_per_image": 25.0,
-        }
-    ]
+    results["sustained"] = [_sustained_row()]
     write_report(results, tmp_path)
     readme = (tmp_path / "README.md").read_text()
     assert "| m64 | 20.00 | 21.00, 22.50, 20.50 · 20.00, 23.00 | 100.0 |" in readme
