@@ -15,6 +15,8 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from include.bench import methods as M
-from include.bench.data import describe, generate_images, link_set
+from include.bench.data import describe, generate_images, link_count, link_set
 from include.bench.measure import CPU_KINDS, Stopwatch, WorkerMemorySampler
 from include.bench.models import BenchModel, keras_status, prepare_models
 from include.bench.report import KEPT, RETURNED, check_agreement, summarise_runs, write_report
@@ -62,6 +64,30 @@ def spark_partitions(images: int, cores: int, batch_size: int, cpu_s_per_image: 
     least = max(2 * batch_size, math.ceil(TASK_SECONDS / cpu_s_per_image))
     fitting = max(cores, min(PARTITIONS_PER_CORE * cores, images // least))
     return -(-fitting // cores) * cores
+
+
+def sized_count(most: int, cpu_s_per_image: float, run_seconds: float, cores: int, multiple: int) -> int:
+    """Images in a model's timed runs: as many as ``cores`` score in ``run_seconds`` at the
+    physical limit (``cpu_s_per_image`` of one core each), rounded to a multiple of ``multiple``
+    (a model batch per core), at least one multiple and at most ``most``.
+
+    Fixed counts made the run's length and what its figures weigh follow the host's speed: on a
+    2-core host 1.8 times slower than the one they were chosen on, ResNet-18's Spark runs took 23 s
+    instead of 12 and the whole run 55 minutes instead of 38; on a host twice as fast, the small
+    CNN's 6,000 images took 2.6 s at the limit, and Spark's second per job weighed a third."""
+    fitting = run_seconds * cores / cpu_s_per_image
+    return min(most, max(multiple, round(fitting / multiple) * multiple))
+
+
+def sized_sustained(planned: tuple[int, int], cpu_s_per_image: float, seconds: float, cores: int) -> tuple[int, int]:
+    """The sustained runs' two counts: the base set (``planned[0]``) and as many whole copies of it
+    more as ``cores`` score in ``seconds`` at the physical limit, at least one and at most up to
+    ``planned[1]`` images. The marginal rate rests on the difference: with 900 more images (5-9 s)
+    the Python workers' marginal CPU per image moved by up to 20% between runs."""
+    low, most = planned
+    fitting = seconds * cores / cpu_s_per_image
+    copies = min(max(1, math.ceil(fitting / low)), max(1, most // low - 1))
+    return low, low * (1 + copies)
 
 
 def next_extra_round(
@@ -107,6 +133,23 @@ class Plan:
     #: each of its timed runs had to be preceded by a wake-up run that builds the model again
     #: (:meth:`Bench.wake_workers`): for the Keras model 8-9 s each, 10 minutes for a quick run.
     shared_python_workers: bool = False
+    #: the seconds of work at the physical limit each timed run is sized to (:func:`sized_count`,
+    #: from a probe of the limit on at least ``probe_images`` and ``probe_seconds`` of work):
+    #: ``images`` are then the most a model gets. None keeps ``images`` as they are (quick mode).
+    run_seconds: float | None = None
+    #: the same for the difference between the sustained runs (:func:`sized_sustained`); the
+    #: second count in ``sustained`` is then the most
+    sustained_seconds: float | None = None
+    probe_images: int = 128
+    probe_seconds: float = 1.0
+    #: images generated; a timed run of more reads them again under other names (link_count).
+    #: None: as many as the largest count needs.
+    unique_images: int | None = None
+    #: the memory runs with freed memory handed back (``RESCORE_KEEP_FREED_MEMORY=0``) stop below
+    #: the largest partition: they show what Rescore's allocator setting costs in memory (nothing
+    #: measurable: 363-425 MiB against 371-432 at every size), and the largest size alone took
+    #: 100 s of a core on a slow host. Rescore's own setting runs every size.
+    returned_sizes_below_largest: bool = False
 
 
 PLANS = {
@@ -125,9 +168,10 @@ PLANS = {
     ),
     "full": Plan(
         "full",
-        # Spark spends about a second per job whatever its size (planning, task start, the
-        # writers): these counts make each Spark run last 5-15 s, so it weighs a tenth or less.
-        {"small_cnn_64": 6000, "resnet18_160": 900, "mobilenet_v2_160": 900},
+        # the most images per timed run; each model gets what makes run_seconds of work at the limit
+        # (below). Spark spends about a second per job whatever its size (planning, task start, the
+        # writers): runs that long keep it to a tenth or so.
+        {"small_cnn_64": 24000, "resnet18_160": 1800, "mobilenet_v2_160": 1800},
         # 2 to 3 rounds within 45 minutes: the whole run took 21 to 49 minutes on 2-core hosts of
         # the same kind with 3 or 4 rounds (a round 4.5 to 8.5 minutes: small CNN 1.9, ResNet-18
         # 2.9, MobileNetV2 3.7 on the slowest), so a fixed count either wastes a fast host or runs
@@ -141,10 +185,16 @@ PLANS = {
         (1, 10, 100),
         # the last tenfold step shows where a worker's memory levels off (a minute of one core)
         (50, 500, 5000, 50000),
-        # the difference between the two counts is what the marginal rate rests on: with 900 more
-        # images (5-9 s) the Python workers' marginal CPU per image moved by up to 20% between runs
-        {"small_cnn_64": (1500, 12000), "resnet18_160": (300, 2400), "mobilenet_v2_160": (300, 2400)},
+        # the base sets and the most images of the larger run (sustained_seconds below)
+        {"small_cnn_64": (1500, 48000), "resnet18_160": (300, 2400), "mobilenet_v2_160": (300, 2400)},
         warmup_seconds=2.0,
+        # 8 s at the limit: on a host at 1.06 / 26.4 / 16.9 CPU ms per image (small CNN / ResNet-18 /
+        # MobileNetV2) 15,104 / 576 / 960 images, on one at 1.9 / 47.6 / 23.6 8,448 / 320 / 704
+        run_seconds=8.0,
+        # the marginal rate's 20 s: ResNet-18's 2,100 more images on the first host above
+        sustained_seconds=20.0,
+        unique_images=6000,
+        returned_sizes_below_largest=True,
     ),
 }
 
@@ -283,12 +333,31 @@ class Bench:
         #: must not change how a method's later rounds are partitioned)
         self.planning_cpu_s: dict[str, float] = {}
         self.sustained: list[dict[str, Any]] = []
+        #: per model: the sustained runs' two image counts (:func:`sized_sustained`)
+        self.sustained_counts: dict[str, tuple[int, int]] = {}
+        #: per model: how its timed runs' image count was chosen (:func:`sized_count`)
+        self.sizing: dict[str, dict[str, Any]] = {}
+        #: (model or "", phase) -> seconds spent, for the README's account of the run's length
+        self.phases: dict[tuple[str, str], float] = {}
         self.warmups: dict[str, int] = {}
         self.shared_python_workers: bool = args.shared_python_workers or plan.shared_python_workers
         started = time.perf_counter()
         self.spark = start_spark(args.cores, args.batch_size)
         self.spark_start_s = time.perf_counter() - started
         self.ctx = M.BenchContext(self.spark, args.cores, args.batch_size)
+        self.phases["", "Spark session"] = self.spark_start_s
+
+    @contextmanager
+    def phase(self, name: str, model: str = "") -> Iterator[None]:
+        """Add the time spent in the block to ``name``'s (of ``model``, if given)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[model, name] = self.phases.get((model, name), 0.0) + time.perf_counter() - started
+
+    def phases_list(self) -> list[dict[str, Any]]:
+        return [{"model": model, "phase": name, "seconds": round(s, 1)} for (model, name), s in self.phases.items()]
 
     # -- one method, one run ---------------------------------------------------------------------
 
@@ -328,44 +397,82 @@ class Bench:
         """
         if method in M.SPARK_METHODS and not self.shared_python_workers:
             out = self.workdir / "out" / model.key / "wake" / method
-            self.run_method(model, method, wake, out, predictor, partitions=self.args.cores)
+            with self.phase("of which waking workers", model.key):
+                self.run_method(model, method, wake, out, predictor, partitions=self.args.cores)
             shutil.rmtree(out, ignore_errors=True)
 
     # -- one model: warm-up, interleaved rounds, agreement ----------------------------------------
 
     def start_model(self, model: BenchModel, files: list[Path]) -> ModelRun:
-        """Broadcast the model, start the ceiling's process pool, measure the physical limit and
-        warm every method up; the timed rounds follow (:meth:`time_round`)."""
+        """Broadcast the model, start the ceiling's process pool, size the timed runs and measure
+        the physical limit on their files, and warm every method up; the timed rounds follow
+        (:meth:`time_round`)."""
         from spark_jobs.models import build_predictor
 
-        count = self.plan.images[model.key]
-        sets = self.workdir / "sets"
-        folder = link_set(files[:count], sets / model.key)
+        key, cores, batch_size = model.key, self.args.cores, self.args.batch_size
         payload = {"manifest": model.version.manifest.to_dict(), "weights": model.version.weights}
-        self.ctx.payloads[model.key] = self.spark.sparkContext.broadcast(payload)
-        self.ctx.mlflow_uris[model.key] = model.mlflow_uri
-        self.ctx.pools[model.key] = M.start_process_pool(payload, self.args.cores)
-        predictor = build_predictor(model.version, num_threads=self.args.cores)
-        self.physical[model.key] = M.physical_limit(
-            self.ctx.pools[model.key], files[:count], cores=self.args.cores, batch_size=self.args.batch_size
-        )
+        self.ctx.payloads[key] = self.spark.sparkContext.broadcast(payload)
+        self.ctx.mlflow_uris[key] = model.mlflow_uri
+        self.ctx.pools[key] = M.start_process_pool(payload, cores)
+        predictor = build_predictor(model.version, num_threads=cores)
+        with self.phase("physical limit", key):
+            count = self.size_runs(model, files)
+            # on the timed set's distinct files: a copy costs what its original does
+            timed_files = files[:count]
+            self.physical[key] = M.physical_limit(self.ctx.pools[key], timed_files, cores=cores, batch_size=batch_size)
         log.info(
             "  physical limit: %.2f CPU ms per image -> %.1f images/s on %d cores",
-            self.physical[model.key]["cpu_ms_per_image"],
-            self.physical[model.key]["images_per_s"],
-            self.args.cores,
+            self.physical[key]["cpu_ms_per_image"],
+            self.physical[key]["images_per_s"],
+            cores,
         )
-        configs = list(M.iter_ceiling_configs(self.args.cores))
+        sets = self.workdir / "sets"
+        folder = link_count(files, sets / key, count)
+        configs = list(M.iter_ceiling_configs(cores))
         run = ModelRun(model, count, folder, configs, [*configs, *M.SPARK_METHODS, M.SPARK_FLOOR], predictor)
-        cpu_s = self.planning_cpu_s[model.key] = self.physical[model.key]["cpu_ms_per_image"] / 1000
-        self.warmups[model.key] = warmup_count(self.plan.warmup_images, count, cpu_s, self.plan.warmup_seconds)
-        warm = link_set(files[: self.warmups[model.key]], sets / f"{model.key}-warmup")
-        log.info("%s: warm-up on %d images", model.key, self.warmups[model.key])
-        for method in run.methods:
-            watch = self.run_method(model, method, warm, self.outputs(model) / "warmup" / method, predictor)
-            log.info("  warm-up %-24s %6.1f s", method, watch.seconds)
-        link_set(files[: 2 * self.args.cores], self.wake_set(model))
+        cpu_s = self.planning_cpu_s[key] = self.physical[key]["cpu_ms_per_image"] / 1000
+        self.warmups[key] = warmup_count(self.plan.warmup_images, count, cpu_s, self.plan.warmup_seconds)
+        warm = link_count(files, sets / f"{key}-warmup", self.warmups[key])
+        log.info("%s: warm-up on %d images", key, self.warmups[key])
+        with self.phase("warm-up", key):
+            for method in run.methods:
+                watch = self.run_method(model, method, warm, self.outputs(model) / "warmup" / method, predictor)
+                log.info("  warm-up %-24s %6.1f s", method, watch.seconds)
+        link_set(files[: 2 * cores], self.wake_set(model))
         return run
+
+    def size_runs(self, model: BenchModel, files: list[Path]) -> int:
+        """The images in ``model``'s timed runs (:func:`sized_count`, from a probe of the physical
+        limit; the plan's count where it sizes nothing), and its sustained runs' counts
+        (:func:`sized_sustained`)."""
+        key, plan, cores = model.key, self.plan, self.args.cores
+        count, sustained = plan.images[key], plan.sustained.get(key)
+        sizing: dict[str, Any] = {"most": count}
+        if plan.run_seconds is not None:
+            probe_ms, probed = self.probe_limit(model, files)
+            count = sized_count(count, probe_ms / 1000, plan.run_seconds, cores, cores * self.args.batch_size)
+            sizing.update(probe_images=probed, probe_cpu_ms=round(probe_ms, 3), run_seconds=plan.run_seconds)
+            if sustained is not None and plan.sustained_seconds is not None:
+                sustained = sized_sustained(sustained, probe_ms / 1000, plan.sustained_seconds, cores)
+                sizing["sustained_seconds"] = plan.sustained_seconds
+            log.info("%s: %d images per timed run (probe: %.2f CPU ms per image)", key, count, probe_ms)
+        self.sizing[key] = {**sizing, "images": count, "unique_images": min(count, len(files))}
+        if sustained is not None:
+            self.sustained_counts[key] = sustained
+        return count
+
+    def probe_limit(self, model: BenchModel, files: list[Path]) -> tuple[float, int]:
+        """One round of the physical limit (CPU ms per image) on the plan's probe images, again on
+        more while they carried less than its probe seconds of work; and the images it ended on."""
+        pool, count = self.ctx.pools[model.key], min(self.plan.probe_images, len(files))
+        while True:
+            limit = M.physical_limit(
+                pool, files[:count], cores=self.args.cores, batch_size=self.args.batch_size, repeats=1
+            )
+            needed = math.ceil(1000 * self.plan.probe_seconds / limit["cpu_ms_per_image"])
+            if count >= min(needed, len(files)):
+                return limit["cpu_ms_per_image"], count
+            count = min(needed, len(files))
 
     def outputs(self, model: BenchModel) -> Path:
         return self.workdir / "out" / model.key
@@ -373,6 +480,7 @@ class Bench:
     def time_round(self, run: ModelRun) -> None:
         """One timed run of every method, in an order shifted by three each round."""
         model, round_no = run.model, run.rounds
+        self.phases.setdefault((model.key, "timed rounds"), 0.0)  # before the wake-ups it contains
         started = time.perf_counter()
         shift = round_no * 3 % len(run.methods)
         for method in run.methods[shift:] + run.methods[:shift]:
@@ -398,6 +506,7 @@ class Bench:
                 "  round %d %-24s %6.1f s %7.1f images/s", round_no, method, watch.seconds, run.count / watch.seconds
             )
         run.round_seconds.append(time.perf_counter() - started)
+        self.phases[model.key, "timed rounds"] += run.round_seconds[-1]
 
     def finish_model(self, run: ModelRun) -> None:
         """Stop the model's process pool; check every method's predictions against the ceiling's
@@ -438,7 +547,9 @@ class Bench:
         scaling = self.plan.scaling_base * (1 + sum(self.plan.scaling_multipliers)) * per_image
         # every memory run is one partition (one core) and starts a fresh Spark session
         sizes = self.plan.memory_partitions
-        memory = 2 * (sum(sizes) * per_image * self.args.cores + len(sizes) * self.spark_start_s)
+        returned = sizes[:-1] if self.plan.returned_sizes_below_largest else sizes
+        memory = (sum(sizes) + sum(returned)) * per_image * self.args.cores
+        memory += (len(sizes) + len(returned)) * self.spark_start_s
         return 1.2 * (scaling + memory) + RESERVE_FIXED_S
 
     def extra_rounds(self, runs: list[ModelRun], started: float) -> None:
@@ -476,7 +587,7 @@ class Bench:
         rate and the limit it is compared with are then taken on the host as it is at the same
         minutes (a 2-core host's speed moved by 10-20% within a run, and a limit measured only
         before the timed rounds once came out 9% above the Python workers' own CPU per image)."""
-        counts = self.plan.sustained[model.key]
+        counts = self.sustained_counts[model.key]
         folders = {}
         for n in counts:
             copies = -(-n // len(base))
@@ -565,8 +676,11 @@ class Bench:
             copies = size // len(base)
             folders[len(base) * copies] = link_set(base, self.workdir / "sets" / f"memory-{size}", copies=copies)
         results = []
+        largest = max(folders)
         for allocator in (KEPT, RETURNED):
             for count, folder in folders.items():
+                if allocator == RETURNED and count == largest and self.plan.returned_sizes_below_largest:
+                    continue
                 # Fresh Python workers for every size, so one size's peak cannot carry over to the next.
                 self.spark.stop()
                 self.spark = start_spark(self.args.cores, self.args.batch_size)
@@ -623,17 +737,22 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info(args.cores)
     bench = Bench(args, plan)
-    files = generate_images(bench.workdir / "images", max(*plan.images.values(), plan.scaling_base), args.seed)
-    models = prepare_models(bench.workdir, [k for k in args.models.split(",") if k])
+    with bench.phase("images"):
+        wanted = plan.unique_images or max(*plan.images.values(), plan.scaling_base)
+        # a process per core (each image seeded by its index) halves the 4 minutes one took on 2 cores
+        files = generate_images(bench.workdir / "images", wanted, args.seed, processes=args.cores)
+    with bench.phase("models"):
+        models = prepare_models(bench.workdir, [k for k in args.models.split(",") if k])
     runs = []
     for model in models:
-        log.info("measuring %s (%d images)", model.key, plan.images[model.key])
+        log.info("measuring %s (at most %d images)", model.key, plan.images[model.key])
         run = bench.start_model(model, files)
         for _ in range(plan.least_rounds):
             bench.time_round(run)
         if model.key in plan.sustained:
-            base, limit_files = files[: plan.sustained[model.key][0]], files[: plan.images[model.key]]
-            bench.sustained.append(bench.measure_sustained(model, base, limit_files))
+            with bench.phase("sustained", model.key):
+                base = files[: bench.sustained_counts[model.key][0]]
+                bench.sustained.append(bench.measure_sustained(model, base, files[: run.count]))
         runs.append(run)
     if runs:
         bench.extra_rounds(runs, started)
@@ -650,8 +769,10 @@ def main(argv: list[str] | None = None) -> int:
     scaling: list[dict[str, Any]] = []
     memory: list[dict[str, Any]] = []
     if not args.skip_scaling:
-        scaling = bench.measure_scaling(models[0], files)
-        memory = bench.measure_memory(models[0], files, rss_interval)
+        with bench.phase("scaling"):
+            scaling = bench.measure_scaling(models[0], files)
+        with bench.phase("memory"):
+            memory = bench.measure_memory(models[0], files, rss_interval)
     bench.spark.stop()
     machine["loadavg_end"] = round(os.getloadavg()[0], 2)
     results: dict[str, Any] = {
@@ -668,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds_planned": [plan.least_rounds, plan.most_rounds],
             "budget_s": plan.budget_s,
             "warmup_images": bench.warmups,
+            "images_sized": bench.sizing,
             "seed": args.seed,
             "spark_partitions": f"up to {PARTITIONS_PER_CORE} per core, each with 2 model batches and "
             f"{TASK_SECONDS:g} s of single-core work at least, a multiple of the cores",
@@ -685,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": bench.runs,
         "scaling": scaling,
         "memory": memory,
+        "phases": bench.phases_list(),
     }
     write_report(results, args.out)
     log.info("results in %s (%.0f s)", args.out, results["duration_s"])

@@ -96,12 +96,30 @@ def link_set(files: list[Path], folder: Path, copies: int = 1) -> Path:
     folder.mkdir(parents=True)
     for copy in range(copies):
         for src in files:
-            dst = folder / (src.name if copies == 1 else f"c{copy:03d}_{src.name}")
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
+            _link(src, folder / (src.name if copies == 1 else f"c{copy:03d}_{src.name}"))
     return folder
+
+
+def link_count(files: list[Path], folder: Path, count: int) -> Path:
+    """A folder of ``count`` hard links to ``files`` in order, again from the first when ``count``
+    exceeds them (copies named ``c000_``, ``c001_``, ... as :func:`link_set`'s)."""
+    if not files:
+        raise ValueError(f"no files to link into {folder}")
+    if count <= len(files):
+        return link_set(files[:count], folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        src = files[i % len(files)]
+        _link(src, folder / f"c{i // len(files):03d}_{src.name}")
+    return folder
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def describe(files: list[Path]) -> dict[str, float]:

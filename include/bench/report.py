@@ -203,7 +203,8 @@ def memory_section(memory: list[dict[str, Any]], interval_s: float) -> list[str]
         "library's main heap (what `malloc` serves from the main thread's arena), anonymous mappings (large "
         "blocks, other arenas, Arrow's and PyTorch's pools) and the rest (libraries' code and data, stacks). "
         "A step that grows the heap alone, with the anonymous mappings flat, is the allocator's high-water "
-        "mark (how its first batches happened to fragment it), not data the worker holds.",
+        "mark (how its first batches happened to fragment it), not data the worker holds."
+        + _returned_sizes_text(memory),
         "",
         "| model | allocator | images in the partition | peak RSS of one worker (MiB) | step | "
         "heap | anonymous | other | peak RSS of all workers (MiB) | Python-worker CPU ms / image | samples |",
@@ -223,6 +224,17 @@ def memory_section(memory: list[dict[str, Any]], interval_s: float) -> list[str]
             f"| {kinds} | {m['peak_total_mb']:.0f} | {'–' if cpu is None else f'{cpu:.2f}'} | {m['samples']} |"
         )
     return lines
+
+
+def _returned_sizes_text(memory: list[dict[str, Any]]) -> str:
+    """A sentence where the ``returned`` runs stopped below the largest size (nothing otherwise)."""
+    sizes = {a: {m["partition_images"] for m in memory if m.get("allocator", KEPT) == a} for a in (KEPT, RETURNED)}
+    if not sizes[RETURNED] or not sizes[KEPT] or max(sizes[RETURNED]) >= max(sizes[KEPT]):
+        return ""
+    return (
+        f" The `{RETURNED}` runs stop at {max(sizes[RETURNED]):,} images: they show what Rescore's setting costs "
+        f"in memory, and the largest size ({max(sizes[KEPT]):,}) alone takes a minute or more of a core."
+    )
 
 
 def cpu_notes(summary: list[dict[str, Any]]) -> list[str]:
@@ -500,6 +512,69 @@ def _rounds_text(settings: dict[str, Any]) -> str:
     )
 
 
+def _sizing_lines(settings: dict[str, Any]) -> list[str]:
+    """How many images each model's timed runs got and why (older results do not say: nothing)."""
+    sizing = settings.get("images_sized") or {}
+    sized = {key: s for key, s in sizing.items() if "run_seconds" in s}
+    if not sized:
+        return []
+    first = next(iter(sized.values()))
+    parts = []
+    for key, s in sized.items():
+        text = f"{s['images']:,} ({key}: {s['probe_cpu_ms']:.2f} CPU ms per image in the probe"
+        if s["images"] == s["most"]:
+            text += ", the most the plan allows"
+        if s["unique_images"] < s["images"]:
+            text += f"; {s['unique_images']:,} distinct files read {s['images'] / s['unique_images']:.1f} times"
+        parts.append(text + ")")
+    sustained = first.get("sustained_seconds")
+    return [
+        f"- **Images per timed run:** as many as make {first['run_seconds']:g} s of work at the physical "
+        "limit, from a probe of the limit on the first "
+        f"{first['probe_images']}+ images (so the run's length and what Spark's fixed cost per job weighs do "
+        f"not follow the host's speed): {'; '.join(parts)}"
+        + (
+            f". The sustained runs differ by {sustained:g} s of work at the limit, sized the same way"
+            if sustained
+            else ""
+        )
+    ]
+
+
+#: the phase that runs inside others (the timed rounds and the sustained runs): not added to the total
+NESTED_PHASE = "of which waking workers"
+
+
+def time_section(phases: list[dict[str, Any]], duration_s: float) -> list[str]:
+    """The README's account of the run's length: seconds per phase, in the order they ran."""
+    if not phases:
+        return []
+    lines = [
+        "",
+        "## Where the run's time went",
+        "",
+        "Seconds per phase of this run (the harness's own clock), in the order they first ran. "
+        f"`{NESTED_PHASE}` is the untimed runs that wake a Spark method's Python workers before each of its "
+        "timed runs, inside the timed rounds and the sustained runs (counted there too). "
+        "`make bench` then runs the ingest benchmark ([ingest.md](ingest.md)), not counted here.",
+        "",
+        "| model | phase | seconds | share of the run |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    counted = 0.0
+    for p in phases:
+        nested = p["phase"] == NESTED_PHASE
+        counted += 0.0 if nested else p["seconds"]
+        share = f"({p['seconds'] / duration_s:.0%})" if nested else f"{p['seconds'] / duration_s:.0%}"
+        lines.append(f"| {p['model'] or '–'} | {p['phase']} | {p['seconds']:.0f} | {share} |")
+    rest = duration_s - counted
+    lines.append(
+        f"| – | the rest (checking predictions, stopping sessions, the report) | {rest:.0f} | {rest / duration_s:.0%} |"
+    )
+    lines.append(f"| | **the whole run** | **{duration_s:.0f}** | |")
+    return lines
+
+
 def _python_workers_lines(settings: dict[str, Any]) -> list[str]:
     """How the Spark methods' Python workers were pooled (older results do not say: nothing)."""
     pooling = settings.get("python_workers")
@@ -539,6 +614,7 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
         f"{_rounds_text(settings)}, interleaved, after one warm-up round on "
         f"{_warmup_text(settings['warmup_images'])}",
         *_python_workers_lines(settings),
+        *_sizing_lines(settings),
         f"- **Images:** {results['data']['count']} generated photo-like JPEGs, "
         f"{results['data']['mean_pixels'] / 1000:.0f} kpixels and {results['data']['mean_bytes'] / 1024:.1f} KiB "
         f"on average ({results['data']['bits_per_pixel']} bits per pixel), seed {settings['seed']}",
@@ -651,6 +727,7 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
             )
     if results.get("memory"):
         lines += memory_section(results["memory"], results["settings"]["rss_interval_s"])
+    lines += time_section(results.get("phases", []), results["duration_s"])
     lines += [
         "",
         "## Reading these numbers",

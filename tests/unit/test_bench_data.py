@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from include.bench.data import describe, generate_images, link_set
+from include.bench.data import describe, generate_images, link_count, link_set
 
 pytestmark = pytest.mark.unit
 
@@ -48,3 +48,16 @@ def test_link_set_holds_every_file_once_per_copy(tmp_path: Path) -> None:
     linked = sorted(folder.iterdir())
     assert len(linked) == 6
     assert {p.read_bytes() for p in linked} == {p.read_bytes() for p in files}
+
+
+def test_link_count_reads_the_files_in_order_again_until_the_count(tmp_path: Path) -> None:
+    files = generate_images(tmp_path / "img", 3, seed=1)
+    folder = link_count(files, tmp_path / "seven", 7)
+    linked = sorted(folder.iterdir())
+    expected = [f"c000_{f.name}" for f in files] + [f"c001_{f.name}" for f in files] + [f"c002_{files[0].name}"]
+    assert [p.name for p in linked] == expected
+    assert [p.read_bytes() for p in linked] == [files[i % 3].read_bytes() for i in range(7)]
+    # no more than the files: the first ones under their own names, as link_set gives them
+    assert sorted(p.name for p in link_count(files, tmp_path / "two", 2).iterdir()) == [f.name for f in files[:2]]
+    with pytest.raises(ValueError, match="no files to link"):
+        link_count([], tmp_path / "none", 1)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from include.bench.__main__ import PLANS, next_extra_round, spark_partitions, warmup_count
+from include.bench.__main__ import (
+    PLANS,
+    next_extra_round,
+    sized_count,
+    sized_sustained,
+    spark_partitions,
+    warmup_count,
+)
 from include.bench.methods import packed_partitions, partition_bytes_for
 
 pytestmark = pytest.mark.unit
@@ -46,6 +53,45 @@ def test_warm_up_carries_the_plans_seconds_of_work_within_a_timed_run(
 def test_only_the_full_run_sizes_its_warm_up_by_work() -> None:
     assert PLANS["full"].warmup_seconds >= 1.0
     assert PLANS["quick"].warmup_seconds == 0.0
+
+
+@pytest.mark.parametrize(
+    ("most", "cpu_s_per_image", "expected"),
+    [
+        (1800, 0.0264, 576),  # 8 s x 2 cores / 26.4 ms = 606 images, to the nearest 64
+        (1800, 0.0476, 320),  # 1.8 times slower: 336
+        (24000, 0.00106, 15104),  # a cheap model gets many more than a batch per partition
+        (24000, 0.0004, 24000),  # never more than the most
+        (1800, 2.0, 64),  # a model far too slow for 8 s still gets a batch per core
+    ],
+)
+def test_timed_runs_carry_the_plans_seconds_of_work_at_the_limit(
+    most: int, cpu_s_per_image: float, expected: int
+) -> None:
+    assert sized_count(most, cpu_s_per_image, run_seconds=8.0, cores=2, multiple=64) == expected
+
+
+@pytest.mark.parametrize(
+    ("cpu_s_per_image", "expected"),
+    [
+        (0.0264, (300, 2100)),  # 20 s x 2 cores / 26.4 ms = 1,515 more images: 6 copies of the 300
+        (0.0476, (300, 1200)),  # 840 more: 3 copies
+        (0.0169, (300, 2400)),  # 2,367 more: 8 copies, but 2,400 at most
+        (2.0, (300, 600)),  # at least one copy more than the base
+    ],
+)
+def test_sustained_runs_differ_by_whole_copies_of_the_base_carrying_the_plans_seconds(
+    cpu_s_per_image: float, expected: tuple[int, int]
+) -> None:
+    assert sized_sustained((300, 2400), cpu_s_per_image, seconds=20.0, cores=2) == expected
+
+
+def test_only_the_full_run_sizes_its_runs_by_work() -> None:
+    assert PLANS["full"].run_seconds is not None and PLANS["full"].sustained_seconds is not None
+    assert PLANS["quick"].run_seconds is None
+    for plan in PLANS.values():  # every sustained pair copies its base set a whole number of times
+        for low, high in plan.sustained.values():
+            assert high % low == 0
 
 
 def test_extra_rounds_go_to_the_model_with_fewest_in_order_and_pass_over_one_that_does_not_fit() -> None:

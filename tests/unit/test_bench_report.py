@@ -677,3 +677,59 @@ def test_report_says_how_many_rounds_each_model_got_within_the_budget(tmp_path: 
     results["settings"]["rounds"] = 4  # results.json written when every model got the same count
     write_report(results, tmp_path)
     assert "4 timed rounds per method, interleaved" in (tmp_path / "README.md").read_text()
+
+
+def test_report_says_how_many_images_each_model_got_and_why(tmp_path: Path) -> None:
+    results = _results()
+    write_report(results, tmp_path)
+    assert "Images per timed run" not in (tmp_path / "README.md").read_text()  # older results do not say
+    probe = {"probe_images": 128, "run_seconds": 8.0, "sustained_seconds": 20.0}
+    results["settings"]["images_sized"] = {
+        "m64": {"most": 24000, "images": 15104, "unique_images": 6000, "probe_cpu_ms": 1.061, **probe},
+        "keras": {"most": 1800, "images": 1800, "unique_images": 1800, "probe_cpu_ms": 4.5, **probe},
+    }
+    write_report(results, tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert (
+        "- **Images per timed run:** as many as make 8 s of work at the physical limit, from a probe of the "
+        "limit on the first 128+ images (so the run's length and what Spark's fixed cost per job weighs do not "
+        "follow the host's speed): 15,104 (m64: 1.06 CPU ms per image in the probe; 6,000 distinct files read "
+        "2.5 times); 1,800 (keras: 4.50 CPU ms per image in the probe, the most the plan allows). The sustained "
+        "runs differ by 20 s of work at the limit, sized the same way"
+    ) in readme
+    results["settings"]["images_sized"] = {"m64": {"most": 256, "images": 256, "unique_images": 256}}  # quick
+    write_report(results, tmp_path)
+    assert "Images per timed run" not in (tmp_path / "README.md").read_text()
+
+
+def test_report_accounts_for_the_runs_time_by_phase(tmp_path: Path) -> None:
+    results = _results()
+    write_report(results, tmp_path)
+    assert "Where the run's time went" not in (tmp_path / "README.md").read_text()  # older results
+    results["duration_s"] = 1000.0
+    results["phases"] = [
+        {"model": "", "phase": "images", "seconds": 100.0},
+        {"model": "m64", "phase": "timed rounds", "seconds": 600.0},
+        {"model": "m64", "phase": "of which waking workers", "seconds": 50.0},
+        {"model": "", "phase": "memory", "seconds": 200.0},
+    ]
+    write_report(results, tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "| – | images | 100 | 10% |" in readme
+    assert "| m64 | timed rounds | 600 | 60% |" in readme
+    assert "| m64 | of which waking workers | 50 | (5%) |" in readme
+    # the nested phase is not counted twice: 1000 - 100 - 600 - 200
+    assert "| – | the rest (checking predictions, stopping sessions, the report) | 100 | 10% |" in readme
+    assert "| | **the whole run** | **1000** | |" in readme
+
+
+def test_report_says_where_the_returned_memory_runs_stopped(tmp_path: Path) -> None:
+    results = _results()
+    kept = [_memory_row(n, 400.0) for n in (50, 500, 5000)]
+    results["memory"] = kept + [{**row, "allocator": "returned"} for row in kept]
+    write_report(results, tmp_path)
+    assert "runs stop at" not in (tmp_path / "README.md").read_text()
+    results["memory"] = kept + [{**row, "allocator": "returned"} for row in kept[:2]]
+    write_report(results, tmp_path)
+    assert "The `returned` runs stop at 500 images" in (tmp_path / "README.md").read_text()
+    assert "the largest size (5,000)" in (tmp_path / "README.md").read_text()
