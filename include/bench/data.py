@@ -68,9 +68,13 @@ def generate_images(folder: Path, count: int, seed: int, processes: int | None =
         rng = np.random.default_rng(seed)
         files = [_write(folder, i, rng) for i in range(count)]
     else:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=max(1, processes)) as pool:
+        # spawned, not forked: a forked child of a driver with a Spark session inherits its py4j
+        # socket and, exiting, reset the driver's connection to the JVM ("Connection reset by peer")
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=max(1, processes), mp_context=spawn) as pool:
             files = list(pool.map(_write_seeded, [(folder, i, seed) for i in range(count)], chunksize=64))
     stamp.write_text(json.dumps(wanted))
     log.info("generated %d photo-like JPEGs in %s", count, folder)
