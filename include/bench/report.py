@@ -521,7 +521,7 @@ def _sizing_lines(settings: dict[str, Any]) -> list[str]:
     first = next(iter(sized.values()))
     parts = []
     for key, s in sized.items():
-        text = f"{s['images']:,} ({key}: {s['probe_cpu_ms']:.2f} CPU ms per image in the probe"
+        text = f"{s['images']:,} ({key}: {s['probe_cpu_ms']:.2f} CPU ms per image in a probe on {s['probe_images']:,}"
         if s["images"] == s["most"]:
             text += ", the most the plan allows"
         if s["unique_images"] < s["images"]:
@@ -530,9 +530,8 @@ def _sizing_lines(settings: dict[str, Any]) -> list[str]:
     sustained = first.get("sustained_seconds")
     return [
         f"- **Images per timed run:** as many as make {first['run_seconds']:g} s of work at the physical "
-        "limit, from a probe of the limit on the first "
-        f"{first['probe_images']}+ images (so the run's length and what Spark's fixed cost per job weighs do "
-        f"not follow the host's speed): {'; '.join(parts)}"
+        "limit, from a round of the limit on the first images, as many as make a second of work (so the "
+        f"run's length and what Spark's fixed cost per job weighs do not follow the host's speed): {'; '.join(parts)}"
         + (
             f". The sustained runs differ by {sustained:g} s of work at the limit, sized the same way"
             if sustained

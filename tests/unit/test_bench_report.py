@@ -683,19 +683,33 @@ def test_report_says_how_many_images_each_model_got_and_why(tmp_path: Path) -> N
     results = _results()
     write_report(results, tmp_path)
     assert "Images per timed run" not in (tmp_path / "README.md").read_text()  # older results do not say
-    probe = {"probe_images": 128, "run_seconds": 8.0, "sustained_seconds": 20.0}
+    probe = {"run_seconds": 8.0, "sustained_seconds": 20.0}
     results["settings"]["images_sized"] = {
-        "m64": {"most": 24000, "images": 15104, "unique_images": 6000, "probe_cpu_ms": 1.061, **probe},
-        "keras": {"most": 1800, "images": 1800, "unique_images": 1800, "probe_cpu_ms": 4.5, **probe},
+        "m64": {
+            "most": 24000,
+            "images": 15104,
+            "unique_images": 6000,
+            "probe_cpu_ms": 1.061,
+            "probe_images": 1195,
+            **probe,
+        },
+        "keras": {
+            "most": 1800,
+            "images": 1800,
+            "unique_images": 1800,
+            "probe_cpu_ms": 4.5,
+            "probe_images": 223,
+            **probe,
+        },
     }
     write_report(results, tmp_path)
     readme = (tmp_path / "README.md").read_text()
     assert (
-        "- **Images per timed run:** as many as make 8 s of work at the physical limit, from a probe of the "
-        "limit on the first 128+ images (so the run's length and what Spark's fixed cost per job weighs do not "
-        "follow the host's speed): 15,104 (m64: 1.06 CPU ms per image in the probe; 6,000 distinct files read "
-        "2.5 times); 1,800 (keras: 4.50 CPU ms per image in the probe, the most the plan allows). The sustained "
-        "runs differ by 20 s of work at the limit, sized the same way"
+        "- **Images per timed run:** as many as make 8 s of work at the physical limit, from a round of the "
+        "limit on the first images, as many as make a second of work (so the run's length and what Spark's fixed "
+        "cost per job weighs do not follow the host's speed): 15,104 (m64: 1.06 CPU ms per image in a probe on "
+        "1,195; 6,000 distinct files read 2.5 times); 1,800 (keras: 4.50 CPU ms per image in a probe on 223, the "
+        "most the plan allows). The sustained runs differ by 20 s of work at the limit, sized the same way"
     ) in readme
     results["settings"]["images_sized"] = {"m64": {"most": 256, "images": 256, "unique_images": 256}}  # quick
     write_report(results, tmp_path)
