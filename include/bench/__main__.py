@@ -109,7 +109,8 @@ class Plan:
     """How big a run is; ``quick`` fits in five minutes on 2 cores, ``full`` in 45."""
 
     mode: str
-    images: dict[str, int]  # per model key
+    #: per model key, the images in its timed runs; the most it gets where ``run_seconds`` is set
+    images: dict[str, int]
     #: timed rounds of every method: always ``least_rounds``, then more, up to ``most_rounds``,
     #: while the run still fits its ``budget_s`` (see :func:`next_extra_round`)
     least_rounds: int
@@ -120,7 +121,8 @@ class Plan:
     scaling_multipliers: tuple[int, ...]
     memory_partitions: tuple[int, ...]
     #: per model, two image counts for Rescore's sustained rate: (n2 - n1) / (t2 - t1), free of
-    #: the fixed cost of a job (models not listed are not measured sustained).
+    #: the fixed cost of a job (models not listed are not measured sustained); n2 is the most
+    #: where ``sustained_seconds`` is set.
     sustained: dict[str, tuple[int, int]]
     #: the least single-core work every method's warm-up run carries, in seconds. The JVM
     #: compiles its hot paths (reading files, Arrow, Parquet, each plan's generated code) only
