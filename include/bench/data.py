@@ -96,26 +96,19 @@ def _write_seeded(job: tuple[Path, int, int]) -> Path:
 
 def link_set(files: list[Path], folder: Path, copies: int = 1) -> Path:
     """A folder holding ``copies`` hard links (a copy where links fail) of every file in ``files``."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for copy in range(copies):
-        for src in files:
-            _link(src, folder / (src.name if copies == 1 else f"c{copy:03d}_{src.name}"))
-    return folder
+    return link_count(files, folder, copies * len(files))
 
 
 def link_count(files: list[Path], folder: Path, count: int) -> Path:
     """A folder of ``count`` hard links to ``files`` in order, again from the first when ``count``
-    exceeds them (copies named ``c000_``, ``c001_``, ... as :func:`link_set`'s)."""
-    if not files:
+    exceeds them: then every link is named after its pass, ``c000_``, ``c001_``, ..."""
+    if count and not files:
         raise ValueError(f"no files to link into {folder}")
-    if count <= len(files):
-        return link_set(files[:count], folder)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for i in range(count):
         src = files[i % len(files)]
-        _link(src, folder / f"c{i // len(files):03d}_{src.name}")
+        _link(src, folder / (src.name if count <= len(files) else f"c{i // len(files):03d}_{src.name}"))
     return folder
 
 
