@@ -17,6 +17,9 @@ cluster=$RESCORE_HOME/cluster
 export SPARK_LOG_DIR=$cluster/logs SPARK_PID_DIR=$cluster/pids SPARK_WORKER_DIR=$cluster/work
 export SPARK_LOCAL_IP=127.0.0.1 SPARK_MASTER_HOST=127.0.0.1 SPARK_IDENT_STRING=rescore
 export PYSPARK_PYTHON=$python
+# executors import spark_jobs from the checkout (its Python daemon is spark_jobs.worker_daemon)
+PYTHONPATH=$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH
 master_port=${RESCORE_SPARK_MASTER_PORT:-7077}
 ui_port=${RESCORE_SPARK_MASTER_UI_PORT:-8090}
 workers=${RESCORE_SPARK_WORKERS:-2}

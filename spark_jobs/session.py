@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_jobs.model_store import ModelStoreError
@@ -13,6 +14,11 @@ from spark_jobs.model_store import ModelStoreError
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+
+#: The module Spark runs as each executor's Python daemon (PySpark's own: ``pyspark.daemon``).
+DAEMON_MODULE = "spark.python.daemon.module"
+#: Rescore's daemon: imports the scoring libraries once, before forking workers.
+WORKER_DAEMON = "spark_jobs.worker_daemon"
 
 #: Lets adaptive execution coalesce the shuffle partitions of a cached plan (Spark's default: false).
 CACHED_PLAN_COALESCING = "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning"
@@ -45,12 +51,44 @@ def get_spark(app_name: str, conf: dict[str, str] | None = None) -> SparkSession
     # A value given to spark-submit (--conf or the profile) wins; ingest sets it for its own stream.
     if not spark_conf.contains(CACHED_PLAN_COALESCING):
         builder = builder.config(CACHED_PLAN_COALESCING, "true")
+    if spark_conf.get("spark.master", "local").startswith("local"):
+        for key, value in local_daemon_conf(spark_conf).items():
+            builder = builder.config(key, value)
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     # INFO from every Spark component drowns the job's own progress lines in the Airflow task log.
     spark.sparkContext.setLogLevel(os.environ.get("RESCORE_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def code_root() -> str:
+    """The folder or zip that this process imported ``spark_jobs`` from."""
+    import spark_jobs
+
+    return str(Path(spark_jobs.__file__).resolve().parents[1])
+
+
+def local_daemon_conf(spark_conf: Any) -> dict[str, str]:
+    """Settings that make a local master's executor run :data:`WORKER_DAEMON` as its Python daemon.
+
+    The daemon module is set unless the job was given one. A local executor's daemon sees the
+    JVM's environment, and under spark-submit ``--py-files`` reach only the driver's Python: so
+    where the daemon is Rescore's, the executors' ``PYTHONPATH`` gets the folder or zip this
+    driver imported ``spark_jobs`` from (before any value given). A cluster's executors find it
+    in their own environment (the project's images put ``/opt/rescore`` on ``PYTHONPATH``).
+
+    ``spark_conf``: the settings given so far, a ``SparkConf`` or a dict."""
+    out = {}
+    daemon = spark_conf.get(DAEMON_MODULE, None)
+    if daemon is None:
+        out[DAEMON_MODULE] = daemon = WORKER_DAEMON
+    if daemon == WORKER_DAEMON:
+        given = spark_conf.get("spark.executorEnv.PYTHONPATH", "")
+        root = code_root()
+        if root not in given.split(os.pathsep):
+            out["spark.executorEnv.PYTHONPATH"] = os.pathsep.join(p for p in (root, given) if p)
+    return out
 
 
 def hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
@@ -113,3 +151,21 @@ def run_main(job: str, body: Callable[[list[str] | None], int], argv: list[str] 
     except (JobError, ModelStoreError) as exc:
         log.error("%s failed: %s", job, exc)
         return 2
+    except Exception as exc:
+        if WORKER_DAEMON not in str(exc) or "No module named" not in str(exc):
+            raise
+        log.error(
+            "%s failed: the executors' Python cannot import %s (spark.python.daemon.module): put the "
+            "folder holding spark_jobs on their PYTHONPATH (spark.executorEnv.PYTHONPATH, or the image's "
+            "environment), or remove spark.python.daemon.module from the Spark profile to run PySpark's own "
+            "daemon. Spark said: %s",
+            job,
+            WORKER_DAEMON,
+            _daemon_error(str(exc)),
+        )
+        return 2
+
+
+def _daemon_error(message: str) -> str:
+    """The line of a Py4J error's message where Python says it cannot find the daemon module."""
+    return next((line.strip() for line in message.splitlines() if WORKER_DAEMON in line), message[:500])

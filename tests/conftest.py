@@ -54,6 +54,8 @@ def spark() -> Iterator[SparkSession]:
     """One local SparkSession for the whole run (2 cores, no UI, small shuffles)."""
     from pyspark.sql import SparkSession
 
+    from spark_jobs.session import DAEMON_MODULE, WORKER_DAEMON
+
     session = (
         SparkSession.builder.master("local[2]")
         .appName("rescore-tests")
@@ -64,6 +66,8 @@ def spark() -> Iterator[SparkSession]:
         .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")
+        # as every job's session (spark_jobs.session.get_spark); PYTHONPATH above finds it
+        .config(DAEMON_MODULE, WORKER_DAEMON)
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")

@@ -235,12 +235,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def start_spark(cores: int, batch_size: int) -> SparkSession:
+def start_spark(cores: int, batch_size: int, conf: dict[str, str] | None = None) -> SparkSession:
+    """The benchmark's local session (``conf``: settings added to it)."""
     from pyspark.sql import SparkSession
 
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    spark = (
+    builder = (
         SparkSession.builder.master(f"local[{cores}]")
         .appName("rescore-bench")
         .config("spark.ui.enabled", "false")
@@ -250,8 +251,10 @@ def start_spark(cores: int, batch_size: int) -> SparkSession:
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
         .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
         .config("spark.python.worker.reuse", "true")
-        .getOrCreate()
     )
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

@@ -1,0 +1,100 @@
+"""PySpark's worker daemon, with the scoring libraries imported once, before it forks workers.
+
+Spark starts one Python daemon per executor (``python -m pyspark.daemon``) and forks a Python
+worker from it for each task slot. Every worker then imports PyTorch for itself: 1.1 s of CPU
+and about 210 MiB of memory of its own per worker (2-core AMD EPYC, PyTorch 2.13 CPU build), so
+an executor of 16 cores spends 17 s of CPU and 3.4 GiB before its first image. Imported here,
+in the daemon, the forked workers start with it and share its pages copy-on-write.
+
+Spark runs this module instead of ``pyspark.daemon`` when ``spark.python.daemon.module`` names
+it; :func:`spark_jobs.session.get_spark` sets that unless the job was given another value, and
+the profiles in ``include/spark`` say it too. The executors need ``spark_jobs`` on their Python
+path, as every Rescore job's UDFs do (``--py-files``).
+
+Which modules: :data:`PRELOAD_ENV` in the executors' environment (``spark.executorEnv.``), a
+comma-separated list; unset, :data:`DEFAULT_PRELOAD`; empty, nothing (then this is PySpark's own
+daemon). Only modules that start no threads when imported belong here: a fork copies the
+calling thread only, so a child would find another thread's locks held forever. That rules out
+pandas and pyarrow (PySpark imports them in each worker for this reason) and TensorFlow; NumPy's
+OpenBLAS pool shuts itself down around a fork and PyTorch starts its pools on first use (as
+DataLoader workers rely on). CUDA is not touched by importing PyTorch, so GPU workers still
+initialise their own device after the fork.
+
+A module that fails to import is skipped with a line on stderr, never fatal: if the daemon does
+not start, no Python UDF of the application can run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import importlib.util
+import os
+import sys
+
+#: the executor environment variable that lists the modules to import before forking
+PRELOAD_ENV = "RESCORE_PRELOAD"
+#: imported when :data:`PRELOAD_ENV` is unset (each only where it is installed)
+DEFAULT_PRELOAD = ("numpy", "PIL.Image", "torch")
+
+
+def preload_modules(environ: dict[str, str] | None = None) -> list[str]:
+    """The modules to import, from :data:`PRELOAD_ENV` (unset: :data:`DEFAULT_PRELOAD`)."""
+    value = (os.environ if environ is None else environ).get(PRELOAD_ENV)
+    if value is None:
+        return list(DEFAULT_PRELOAD)
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent is missing
+        return False
+
+
+def preload(names: list[str]) -> list[str]:
+    """Import ``names`` that are installed; return those imported. Never raises.
+
+    Anything they print goes to stderr: the daemon's stdout tells the JVM its port."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return _import_each(names)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _import_each(names: list[str]) -> list[str]:
+    imported = []
+    for name in names:
+        if not _installed(name):
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a broken install must not stop the daemon
+            print(f"rescore worker daemon: not preloading {name}: {exc!r}", file=sys.stderr, flush=True)
+            continue
+        imported.append(name)
+    return imported
+
+
+def main() -> None:
+    if preload(preload_modules()):
+        # Move what was imported out of the cyclic collector's reach before forking: the workers'
+        # collections (PySpark's daemon runs one after every task) then never walk those objects,
+        # nor write to their pages, which would copy them into each worker.
+        gc.collect()
+        gc.freeze()
+    from pyspark import daemon
+
+    daemon.manager()
+
+
+if __name__ == "__main__":
+    main()
