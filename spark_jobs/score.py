@@ -694,6 +694,9 @@ def make_score_udf(  # type: ignore[no-untyped-def]
     """
     from pyspark.sql.functions import arrow_udf
 
+    from spark_jobs.worker_daemon import request_preload
+
+    request_preload(model.value["manifest"]["framework"])  # before the UDF takes its environment
     opts = options or ScoringOptions()
     stamp = pa.scalar((scored_at or datetime.now(UTC)).astimezone(UTC), type=_STAMP_TYPE)  # naive: local time
     fields = [*_PREDICTION_TYPE, pa.field("scored_at", _STAMP_TYPE)]

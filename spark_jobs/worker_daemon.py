@@ -1,24 +1,29 @@
 """PySpark's worker daemon, with the scoring libraries imported once, before it forks workers.
 
 Spark starts one Python daemon per executor (``python -m pyspark.daemon``) and forks a Python
-worker from it for each task slot. Every worker then imports PyTorch for itself: 1.1 s of CPU
-and about 210 MiB of memory of its own per worker (2-core AMD EPYC, PyTorch 2.13 CPU build), so
-an executor of 16 cores spends 17 s of CPU and 3.4 GiB before its first image. Imported here,
-in the daemon, the forked workers start with it and share its pages copy-on-write.
+worker from it for each task slot. Every worker then imports PyTorch for itself: 1 s of CPU and
+about 124 MiB of memory of its own per worker (2-core AMD EPYC, PyTorch 2.13 CPU build;
+``python -m include.bench.worker_start``), so an executor of 16 cores spends 16 s of CPU and
+2 GiB on it before its first image. Imported here, in the daemon, the forked workers start with
+it and share its pages copy-on-write.
 
 Spark runs this module instead of ``pyspark.daemon`` when ``spark.python.daemon.module`` names
-it; :func:`spark_jobs.session.get_spark` sets that unless the job was given another value, and
-the profiles in ``include/spark`` say it too. The executors need ``spark_jobs`` on their Python
-path, as every Rescore job's UDFs do (``--py-files``).
+it; :func:`spark_jobs.session.get_spark` sets that for a local master unless the job was given
+another value, and the profiles in ``include/spark`` set it for every master. The executors'
+Python must import ``spark_jobs`` before any task has shipped it (``--py-files`` reach the
+workers, not the daemon): see ``docs/inference.md``.
 
-Which modules: :data:`PRELOAD_ENV` in the executors' environment (``spark.executorEnv.``), a
-comma-separated list; unset, :data:`DEFAULT_PRELOAD`; empty, nothing (then this is PySpark's own
-daemon). Only modules that start no threads when imported belong here: a fork copies the
-calling thread only, so a child would find another thread's locks held forever. That rules out
-pandas and pyarrow (PySpark imports them in each worker for this reason) and TensorFlow; NumPy's
-OpenBLAS pool shuts itself down around a fork and PyTorch starts its pools on first use (as
-DataLoader workers rely on). CUDA is not touched by importing PyTorch, so GPU workers still
-initialise their own device after the fork.
+Which modules: :data:`PRELOAD_ENV` in the executors' environment, a comma-separated list;
+unset, :data:`DEFAULT_PRELOAD` (NumPy, Pillow); empty, nothing (then this is PySpark's own
+daemon). The scoring UDF asks for its framework's too (:func:`request_preload`: PyTorch for a
+PyTorch model); ``spark.executorEnv.RESCORE_PRELOAD`` given to the job overrides both.
+
+Only modules that start no threads when imported belong here: a fork copies the calling thread
+only, so a child would find another thread's locks held forever. That rules out pandas and
+pyarrow (PySpark imports them in each worker for this reason) and TensorFlow; NumPy's OpenBLAS
+pool shuts itself down around a fork and PyTorch starts its pools on first use (as DataLoader
+workers rely on). CUDA is not touched by importing PyTorch, so GPU workers still initialise
+their own device after the fork.
 
 A module that fails to import is skipped with a line on stderr, never fatal: if the daemon does
 not start, no Python UDF of the application can run.
@@ -35,8 +40,33 @@ import sys
 
 #: the executor environment variable that lists the modules to import before forking
 PRELOAD_ENV = "RESCORE_PRELOAD"
-#: imported when :data:`PRELOAD_ENV` is unset (each only where it is installed)
-DEFAULT_PRELOAD = ("numpy", "PIL.Image", "torch")
+#: imported when :data:`PRELOAD_ENV` is unset (each only where it is installed): what every
+#: Rescore job's Python workers use (ingest's door check decodes with Pillow)
+DEFAULT_PRELOAD = ("numpy", "PIL.Image")
+#: what a scoring job's daemon imports besides, per framework (TensorFlow starts threads when
+#: imported: nothing for Keras)
+FRAMEWORK_PRELOAD: dict[str, tuple[str, ...]] = {"pytorch": ("torch",), "keras": ()}
+
+
+def preload_for(framework: str) -> str:
+    """The :data:`PRELOAD_ENV` value for a job that scores with ``framework``."""
+    return ",".join([*DEFAULT_PRELOAD, *FRAMEWORK_PRELOAD.get(framework, ())])
+
+
+def request_preload(framework: str) -> None:
+    """Ask the daemon of the Python UDFs created from now on to import ``framework``'s modules
+    too (:func:`preload_for`), unless the application chose the list itself
+    (``spark.executorEnv.RESCORE_PRELOAD``, or ``sc.environment``).
+
+    A UDF takes its workers' environment from ``sc.environment`` when it is created, and Spark
+    keeps a daemon per environment: the scoring UDF's workers get a daemon that imported PyTorch,
+    while ingest's, say, do not pay for it."""
+    from pyspark import SparkContext
+
+    environment = SparkContext.getOrCreate().environment
+    current = environment.get(PRELOAD_ENV)
+    if current is None or current in {preload_for(name) for name in FRAMEWORK_PRELOAD}:  # unset, or ours
+        environment[PRELOAD_ENV] = preload_for(framework)
 
 
 def preload_modules(environ: dict[str, str] | None = None) -> list[str]:

@@ -1,6 +1,7 @@
-"""Jobs' executors run Rescore's Python daemon (spark_jobs.worker_daemon): a Python worker starts
-with PyTorch already imported, and frozen out of the garbage collector's walks, even where the
-driver found spark_jobs only in the --py-files zip; spark-submit's own daemon setting wins."""
+"""Jobs' executors run Rescore's Python daemon (spark_jobs.worker_daemon): once a scoring UDF for a
+PyTorch model is made, a new Python worker starts with PyTorch already imported, and frozen out
+of the garbage collector's walks, even where the driver found spark_jobs only in the --py-files
+zip; spark-submit's own daemon setting, or its own list of modules, wins."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from rescore_airflow.packaging import build_spark_jobs_zip
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 pytestmark = pytest.mark.spark
 
@@ -20,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[2]
 _PROBE = """
 import sys
 sys.path.insert(0, {zip!r})  # as spark-submit's --py-files gives the driver, and nothing else
+from spark_jobs.score import make_score_udf
 from spark_jobs.session import get_spark
 spark = get_spark("rescore-daemon-test")
+make_score_udf(spark.sparkContext.broadcast({{"manifest": {{"framework": "pytorch"}}}}))  # asks for PyTorch
 
 def probe(_):
     import gc, sys
@@ -37,8 +44,9 @@ spark.stop()
     [
         ("", "preloaded=True frozen=True"),
         ("--conf spark.python.daemon.module=pyspark.daemon", "preloaded=False frozen=False"),
+        ("--conf spark.executorEnv.RESCORE_PRELOAD=numpy", "preloaded=False frozen=True"),
     ],
-    ids=["rescore-daemon", "spark-submit-conf-wins"],
+    ids=["rescore-daemon", "spark-submit-daemon-wins", "spark-submit-preload-list-wins"],
 )
 def test_a_python_worker_starts_with_torch_imported_by_the_daemon(tmp_path: Path, conf: str, expected: str) -> None:
     pytest.importorskip("torch", reason="the daemon preloads PyTorch only where it is installed")
@@ -63,6 +71,25 @@ def test_a_python_worker_starts_with_torch_imported_by_the_daemon(tmp_path: Path
         timeout=300,
     )
 
-    # Then the worker found PyTorch imported (and frozen) by the daemon, unless spark-submit chose PySpark's
+    # Then the worker found PyTorch imported (and frozen) by the daemon, unless spark-submit chose otherwise
     assert done.returncode == 0, done.stderr[-3000:]
     assert expected in done.stdout.splitlines()
+
+
+def test_each_scoring_udf_asks_for_its_own_framework_but_never_overrides_a_list_the_application_chose(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spark_jobs.score import make_score_udf
+
+    environment = spark.sparkContext.environment
+    monkeypatch.delitem(environment, "RESCORE_PRELOAD", raising=False)  # restored afterwards
+
+    def udf_for(framework: str) -> str | None:
+        make_score_udf(spark.sparkContext.broadcast({"manifest": {"framework": framework}}))
+        return environment.get("RESCORE_PRELOAD")
+
+    assert udf_for("pytorch") == "numpy,PIL.Image,torch"
+    assert udf_for("keras") == "numpy,PIL.Image"  # TensorFlow starts threads when imported
+    assert udf_for("pytorch") == "numpy,PIL.Image,torch"
+    environment["RESCORE_PRELOAD"] = "numpy"  # the application's own choice
+    assert udf_for("pytorch") == "numpy"

@@ -10,13 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs.worker_daemon import preload, preload_modules
+from spark_jobs.worker_daemon import preload, preload_for, preload_modules
 
 pytestmark = pytest.mark.unit
 
 
-def test_unset_preloads_numpy_pillow_and_torch() -> None:
-    assert preload_modules({}) == ["numpy", "PIL.Image", "torch"]
+def test_unset_preloads_numpy_and_pillow() -> None:
+    assert preload_modules({}) == ["numpy", "PIL.Image"]
+
+
+@pytest.mark.parametrize(
+    ("framework", "expected"),
+    [("pytorch", "numpy,PIL.Image,torch"), ("keras", "numpy,PIL.Image")],
+)
+def test_a_scoring_job_asks_for_its_framework_unless_it_starts_threads(framework: str, expected: str) -> None:
+    assert preload_for(framework) == expected
 
 
 @pytest.mark.parametrize(
