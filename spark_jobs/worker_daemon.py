@@ -77,13 +77,6 @@ def preload_modules(environ: dict[str, str] | None = None) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
-def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a dotted name whose parent is missing
-        return False
-
-
 def preload(names: list[str]) -> list[str]:
     """Import ``names`` that are installed; return those imported. Never raises.
 
@@ -103,15 +96,23 @@ def preload(names: list[str]) -> list[str]:
 def _import_each(names: list[str]) -> list[str]:
     imported = []
     for name in names:
-        if not _installed(name):
-            continue
         try:
+            if importlib.util.find_spec(name) is None:
+                continue  # not installed
             importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (name == exc.name or name.startswith(f"{exc.name}.")):
+                continue  # the module, or a package of its dotted name, is not installed
+            _skip(name, exc)
         except Exception as exc:  # a broken install must not stop the daemon
-            print(f"rescore worker daemon: not preloading {name}: {exc!r}", file=sys.stderr, flush=True)
-            continue
-        imported.append(name)
+            _skip(name, exc)
+        else:
+            imported.append(name)
     return imported
+
+
+def _skip(name: str, exc: Exception) -> None:
+    print(f"rescore worker daemon: not preloading {name}: {exc!r}", file=sys.stderr, flush=True)
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A folder on sys.path for throwaway modules, forgotten again afterwards."""
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
-    for name in ("rescore_noisy", "rescore_broken"):
+    for name in ("rescore_noisy", "rescore_broken", "rescore_brokenpkg", "rescore_needs"):
         sys.modules.pop(name, None)
 
 
@@ -100,3 +100,22 @@ def test_other_failures_still_raise() -> None:
 
     with pytest.raises(RuntimeError, match="torchvision"):
         run_main("score", body, [])
+
+
+def test_a_broken_package_or_a_missing_dependency_is_named_but_an_absent_package_is_not(
+    modules: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Given a package whose __init__ raises, and a module that imports something not installed
+    (modules / "rescore_brokenpkg").mkdir()
+    (modules / "rescore_brokenpkg" / "__init__.py").write_text("raise OSError('missing shared library')\n")
+    (modules / "rescore_needs.py").write_text("import rescore_not_installed_dependency\n")
+
+    # When the daemon preloads a module of each, and one of a package that is not installed
+    imported = preload(["rescore_brokenpkg.sub", "rescore_needs", "rescore_absent_package.sub"])
+
+    # Then nothing is imported, nothing raised, and the two broken ones are named with their reason
+    assert imported == []
+    err = capfd.readouterr().err
+    assert "not preloading rescore_brokenpkg.sub" in err and "missing shared library" in err
+    assert "not preloading rescore_needs" in err and "rescore_not_installed_dependency" in err
+    assert "rescore_absent_package" not in err
