@@ -50,7 +50,7 @@ def test_each_way_is_the_median_of_its_rounds_and_rescores_is_divided_by_pyspark
 def test_the_page_has_a_row_per_way_and_the_ratios() -> None:
     results = {
         "started_at": "2026-12-07 08:20 UTC",
-        "machine": {"cpu": "AMD EPYC", "cores": 2, "python": "3.11.7"},
+        "machine": {"cpu": "AMD EPYC", "cores": 2, "python": "3.11.7", "versions": {"torch": "2.13.0"}},
         "note": "dedicated machine",
         "images": 128,
         "batch_size": 32,
@@ -64,3 +64,4 @@ def test_the_page_has_a_row_per_way_and_the_ratios() -> None:
     assert "| Rescore's (PyTorch imported before the fork) | 3.60 | 3.60 | 109 | 305 (2 workers) |" in page
     assert "job time **1.00x**" in page and "**0.71x**" in page and "**0.47x** (124 MiB less per worker)" in page
     assert "together **0.60x**" in page and "2 rounds each" in page
+    assert "- machine: AMD EPYC, 2 cores; Python 3.11.7, torch 2.13.0" in page
