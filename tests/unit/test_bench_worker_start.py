@@ -50,7 +50,7 @@ def test_each_way_is_the_median_of_its_rounds_and_rescores_is_divided_by_pyspark
 def test_the_page_has_a_row_per_way_and_the_ratios() -> None:
     results = {
         "started_at": "2026-12-07 08:20 UTC",
-        "machine": {"cpu": "AMD EPYC", "cores": 2, "python": "3.11.7", "versions": {"torch": "2.13.0"}},
+        "machine": {"cpu_model": "AMD EPYC", "cores_used": 2, "python": "3.11.7", "torch": "2.13.0"},
         "note": "dedicated machine",
         "images": 128,
         "batch_size": 32,
