@@ -16,6 +16,13 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$AIRFLOW_HOME/simple_auth_manager_passwords.json
 printf '{"admin": "%s"}\n' "${RESCORE_AIRFLOW_ADMIN_PASSWORD:-admin}" > "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
 airflow db migrate > "$AIRFLOW_HOME/db-migrate.log" 2>&1
+# Every task's Spark driver starts from a class-data archive of Spark's classes (made here once,
+# about 20 s: include/jvm_archive.py); RESCORE_JVM_ARCHIVE=0 leaves SPARK_SUBMIT_OPTS alone.
+if [ "${RESCORE_JVM_ARCHIVE:-1}" != 0 ] && [[ "${SPARK_SUBMIT_OPTS:-}" != *SharedArchiveFile* ]]; then
+  if option=$(python -m include.jvm_archive 2>> "$AIRFLOW_HOME/jvm-archive.log"); then
+    export SPARK_SUBMIT_OPTS="${SPARK_SUBMIT_OPTS:+$SPARK_SUBMIT_OPTS }$option"
+  fi
+fi
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM

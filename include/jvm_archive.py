@@ -53,6 +53,8 @@ DIR_ENV = "RESCORE_JVM_ARCHIVE_DIR"
 SHARING_OPTIONS = ("-XX:SharedArchiveFile", "-Xshare:", "-XX:ArchiveClassesAtExit")
 #: seconds the workload may take before it is abandoned (it takes about 20 s on 2 cores)
 CREATE_TIMEOUT_S = 600
+#: free space the archive's disk must keep beyond it (about 180 MiB) for one to be made
+MIN_FREE_BYTES = 2 * 2**30
 
 
 def enabled(environ: dict[str, str] | None = None) -> bool:
@@ -134,6 +136,17 @@ def ensure(folder: Path | None = None, *, force: bool = False) -> Path | None:
 
 
 def _create(target: Path) -> Path | None:
+    free = shutil.disk_usage(target.parent).free
+    if free < MIN_FREE_BYTES:
+        log.warning(
+            "only %.1f GiB free in %s: no class-data archive made (it needs about 0.2 GiB, and %.0f GiB are kept "
+            "free); Spark's driver starts the usual way. Free some space, or set %s elsewhere",
+            free / 2**30,
+            target.parent,
+            MIN_FREE_BYTES / 2**30,
+            DIR_ENV,
+        )
+        return None
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     partial.unlink(missing_ok=True)
     env = dict(os.environ)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -14,6 +15,22 @@ from include import jvm_archive
 pytestmark = pytest.mark.unit
 
 SHORT = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+
+
+class _Usage(NamedTuple):  # what shutil.disk_usage returns
+    total: int
+    used: int
+    free: int
+
+
+def _usage(free: int) -> _Usage:
+    return _Usage(100 * 2**30, 100 * 2**30 - free, free)
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plenty of free space wherever the archive goes, whatever this machine's disk holds."""
+    monkeypatch.setattr(jvm_archive.shutil, "disk_usage", lambda path: _usage(50 * 2**30))
 
 
 @pytest.fixture
@@ -103,6 +120,7 @@ def _options_of(kwargs: dict[str, object]) -> tuple[str, Path]:
     return options, Path(options.split("-XX:ArchiveClassesAtExit=")[1].split(maxsplit=1)[0])
 
 
+@pytest.mark.usefixtures("disk")
 def test_a_failed_workload_leaves_no_archive_and_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -119,6 +137,7 @@ def test_a_failed_workload_leaves_no_archive_and_says_why(
     assert "no room left on device" in caplog.text
 
 
+@pytest.mark.usefixtures("disk")
 def test_the_workload_is_run_with_the_archive_option_and_without_other_archive_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,3 +154,17 @@ def test_the_workload_is_run_with_the_archive_option_and_without_other_archive_o
     assert made is not None and made.read_bytes() == b"an archive"
     assert "/old.jsa" not in seen["options"]
     assert seen["options"].startswith(SHORT)
+
+
+def test_a_nearly_full_disk_gets_no_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the workload ran on a nearly full disk")
+
+    monkeypatch.setattr(jvm_archive.subprocess, "run", must_not_run)
+    monkeypatch.setattr(jvm_archive.shutil, "disk_usage", lambda path: _usage(500 * 2**20))
+    with caplog.at_level(logging.WARNING, logger="rescore.jvm_archive"):
+        assert jvm_archive.ensure(tmp_path) is None
+    assert "only 0.5 GiB free" in caplog.text and "RESCORE_JVM_ARCHIVE_DIR" in caplog.text
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".lock"] == []
