@@ -112,9 +112,25 @@ def airflow_db() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example CNN trained once per test run (about 35 s on 2 cores), as a publishable folder."""
+    """The example CNN trained once per test run (about 35 s on 2 cores), as a publishable folder.
+
+    Under pytest-xdist the workers share it: the first to need it trains it in the run's common
+    temporary folder while holding a lock, the others wait for it and read it (the same seed
+    would give them the same weights anyway)."""
+    import fcntl
+
     from include.example_models import train_small_cnn
 
-    out = tmp_path_factory.mktemp("trained-shapes")
-    train_small_cnn(out, seed=0, progress=False)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
+    out = shared / "trained-shapes"
+    with (shared / "trained-shapes.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "manifest.json").is_file():
+            partial = shared / f"trained-shapes.{os.getpid()}"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            train_small_cnn(partial, seed=0, progress=False)
+            partial.rename(out)
     return out
