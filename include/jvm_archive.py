@@ -127,12 +127,16 @@ def ensure(folder: Path | None = None, *, force: bool = False) -> Path | None:
         return None
     if target.is_file() and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with (target.parent / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_file() and not force:
-            return target  # another process made it while this one waited
-        return _create(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with (target.parent / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if target.is_file() and not force:
+                return target  # another process made it while this one waited
+            return _create(target)
+    except OSError as exc:  # a read-only or full folder: jobs start the usual way
+        log.warning("no class-data archive in %s (%s): set %s to a writable folder", target.parent, exc, DIR_ENV)
+        return None
 
 
 def _create(target: Path) -> Path | None:

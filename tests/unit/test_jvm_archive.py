@@ -168,3 +168,39 @@ def test_a_nearly_full_disk_gets_no_archive(
         assert jvm_archive.ensure(tmp_path) is None
     assert "only 0.5 GiB free" in caplog.text and "RESCORE_JVM_ARCHIVE_DIR" in caplog.text
     assert [p.name for p in tmp_path.iterdir() if p.name != ".lock"] == []
+
+
+@pytest.mark.usefixtures("disk")
+def test_processes_that_need_it_at_once_make_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    runs: list[str] = []
+
+    def slow_submit(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        options, partial = _options_of(kwargs)
+        runs.append(options)
+        time.sleep(0.3)  # the others arrive while this one is making it
+        partial.write_bytes(b"an archive")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(jvm_archive.subprocess, "run", slow_submit)
+    got: list[Path | None] = []
+    threads = [threading.Thread(target=lambda: got.append(jvm_archive.ensure(tmp_path))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(runs) == 1
+    assert len(got) == 3 and len(set(got)) == 1 and got[0] is not None and got[0].read_bytes() == b"an archive"
+
+
+def test_a_folder_that_cannot_be_written_gets_no_archive_and_stops_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the archive folder would go")
+    with caplog.at_level(logging.WARNING, logger="rescore.jvm_archive"):
+        assert jvm_archive.ensure(blocker / "jvm") is None
+    assert "no class-data archive in" in caplog.text and "RESCORE_JVM_ARCHIVE_DIR" in caplog.text
