@@ -154,7 +154,7 @@ def _create(target: Path) -> Path | None:
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     partial.unlink(missing_ok=True)
     env = dict(os.environ)
-    options = " ".join(o for o in shlex.split(env.get("SPARK_SUBMIT_OPTS", "")) if not o.startswith(SHARING_OPTIONS))
+    options = shlex.join(o for o in shlex.split(env.get("SPARK_SUBMIT_OPTS", "")) if not o.startswith(SHARING_OPTIONS))
     env["SPARK_SUBMIT_OPTS"] = f"{options} -XX:ArchiveClassesAtExit={partial}".strip()
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env["PYSPARK_PYTHON"] = env.get("PYSPARK_PYTHON", sys.executable)

@@ -148,12 +148,12 @@ def test_the_workload_is_run_with_the_archive_option_and_without_other_archive_o
         partial.write_bytes(b"an archive")
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setenv("SPARK_SUBMIT_OPTS", f"{SHORT} -XX:SharedArchiveFile=/old.jsa")
+    monkeypatch.setenv("SPARK_SUBMIT_OPTS", f"{SHORT} -XX:SharedArchiveFile=/old.jsa '-Dlabel=a b'")
     monkeypatch.setattr(jvm_archive.subprocess, "run", recording_submit)
     made = jvm_archive.ensure(tmp_path)
     assert made is not None and made.read_bytes() == b"an archive"
     assert "/old.jsa" not in seen["options"]
-    assert seen["options"].startswith(SHORT)
+    assert seen["options"].startswith(f"{SHORT} '-Dlabel=a b' -XX:ArchiveClassesAtExit=")  # quoting kept
 
 
 def test_a_nearly_full_disk_gets_no_archive(
