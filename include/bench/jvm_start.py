@@ -18,7 +18,6 @@ each without and with ``-XX:SharedArchiveFile`` naming the archive of
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -200,12 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         job(Path(args.job))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    results = measure(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    out.write_text(render(results))
-    print(render(results))
+    from include.bench.report import write_page
+
+    write_page(measure(args), Path(args.out), render)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -356,6 +357,15 @@ def all_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 def write_json(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_page(results: dict[str, Any], out: Path, render: Callable[[dict[str, Any]], str]) -> None:
+    """A side benchmark's results: ``out`` (markdown, from ``render``) with the JSON beside it;
+    the page is printed too."""
+    write_json(results, out.with_suffix(".json"))
+    page = render(results)
+    out.write_text(page)
+    print(page)
 
 
 def _json_default(value: Any) -> Any:

@@ -19,7 +19,6 @@ and each new process's private memory (USS: pages no other process shares) after
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -229,12 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="dedicated machine", help="one line about the conditions of the run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    results = measure(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    out.write_text(render(results))
-    print(render(results))
+    from include.bench.report import write_page
+
+    write_page(measure(args), Path(args.out), render)
     return 0
 
 
