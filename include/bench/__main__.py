@@ -36,11 +36,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("rescore.bench")
 
 ROOT = Path(__file__).resolve().parents[2]
-#: At most this many Spark partitions per core for every Spark method. binaryFile splits by bytes,
-#: but scoring costs about the same per image whatever its size: at 2 per core the partitions
-#: held 173 to 459 images and one core idled for the last ~20% of a ResNet-18 run (1200 images:
-#: 58.7 images/s at 2 per core, 63.5 at 8). Small partitions pay a task's fixed cost for little
-#: work instead (the small CNN got slower at 8 per core), so each keeps :data:`TASK_SECONDS`.
+#: At most this many Spark partitions per core for every Spark method. The two tasks a 2-core run
+#: ends on seldom end together, and one core idles for the difference: smaller tasks make it
+#: shorter (measured when partitions were still packed by bytes, 173 to 459 images at 2 per core:
+#: ResNet-18, 1200 images, 58.7 images/s at 2 per core, 63.5 at 8). Small partitions pay a task's
+#: fixed cost for little work instead (the small CNN got slower at 8 per core), so each keeps
+#: :data:`TASK_SECONDS`.
 PARTITIONS_PER_CORE = 8
 #: The least single-core work (decode + inference) a partition should carry, in seconds.
 TASK_SECONDS = 1.0
@@ -803,7 +804,8 @@ def main(argv: list[str] | None = None) -> int:
             "images_sized": bench.sizing,
             "seed": args.seed,
             "spark_partitions": f"up to {PARTITIONS_PER_CORE} per core, each with 2 model batches and "
-            f"{TASK_SECONDS:g} s of single-core work at least, a multiple of the cores",
+            f"{TASK_SECONDS:g} s of single-core work at least, a multiple of the cores, of about equal image "
+            "counts (an opening cost of 4 MiB per file, Spark's default)",
             "rss_interval_s": rss_interval,
             "python_workers": "shared" if bench.shared_python_workers else "per method",
         },

@@ -13,7 +13,7 @@ from include.bench import methods as M
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 
 def _worker_of_each_row(spark: SparkSession) -> set[tuple[int, str]]:
@@ -109,13 +109,22 @@ def test_the_files_are_read_in_exactly_the_partitions_asked(spark: SparkSession,
     import random
 
     rng = random.Random(7)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
     for i in range(37):
-        (tmp_path / f"{i:03d}.jpg").write_bytes(b"x" * rng.randint(1_000, 30_000))
+        (mixed / f"{i:03d}.jpg").write_bytes(b"x" * rng.randint(1_000, 30_000))
+    # scoring costs about the same per image whatever its size: 10 large files and 30 small
+    # ones make 4 partitions of 10 files (packed by bytes: 4, 4, 21 and 11)
+    sized = tmp_path / "sized"
+    sized.mkdir()
+    for i in range(40):
+        (sized / f"{i:03d}.jpg").write_bytes(b"x" * (40_000 if i % 4 == 0 else 4_000))
     keys = ("spark.sql.files.openCostInBytes", "spark.sql.files.maxPartitionBytes", "spark.sql.files.minPartitionNum")
     saved = {key: spark.conf.get(key, None) for key in keys}
     try:
-        got = {n: M.read_files(spark, tmp_path, partitions=n).rdd.getNumPartitions() for n in (1, 2, 3, 4, 8)}
-        rows = M.read_files(spark, tmp_path, partitions=4).count()
+        got = {n: M.read_files(spark, mixed, partitions=n).rdd.getNumPartitions() for n in (1, 2, 3, 4, 8)}
+        rows = M.read_files(spark, mixed, partitions=4).count()
+        counts = _files_per_partition(spark, M.read_files(spark, sized, partitions=4))
     finally:
         for key, value in saved.items():
             if value is None:
@@ -124,3 +133,11 @@ def test_the_files_are_read_in_exactly_the_partitions_asked(spark: SparkSession,
                 spark.conf.set(key, value)
     assert got == {1: 1, 2: 2, 3: 3, 4: 4, 8: 8}
     assert rows == 37
+    assert counts == [10, 10, 10, 10]
+
+
+def _files_per_partition(spark: SparkSession, frame: DataFrame) -> list[int]:
+    from pyspark.sql import functions as F
+
+    rows = frame.groupBy(F.spark_partition_id().alias("p")).count().orderBy("p").collect()
+    return [row["count"] for row in rows]

@@ -135,13 +135,25 @@ def test_every_plan_times_at_least_two_rounds_and_the_quick_one_no_more() -> Non
 def test_files_are_packed_largest_first_into_partitions_up_to_the_limit() -> None:
     sizes = [5, 10, 1, 9, 5]  # each file also costs one byte to open
     # 10 -> 11; 9 would make 20 > 12: new; 5 -> 15 > 12: new (6); 5 -> 11 (12); 1 -> 13 > 12: new
-    assert packed_partitions(sizes, 12) == 4
-    assert packed_partitions(sizes, 19) == 3  # {10}, {9, 5}, {5, 1}
-    assert packed_partitions(sizes, 20) == 2  # {10, 9}, {5, 5, 1}
+    assert packed_partitions(sizes, 12, open_cost=1) == 4
+    assert packed_partitions(sizes, 19, open_cost=1) == 3  # {10}, {9, 5}, {5, 1}
+    assert packed_partitions(sizes, 20, open_cost=1) == 2  # {10, 9}, {5, 5, 1}
 
 
 def test_the_partition_size_is_the_least_that_packs_into_the_partitions_asked() -> None:
     sizes = [5, 10, 1, 9, 5]
-    assert partition_bytes_for(sizes, 2) == 20
-    assert partition_bytes_for(sizes, 1) == 34  # 30 bytes and the first four files' opening
-    assert partition_bytes_for(sizes, 5) == 11  # never below the largest file and its opening
+    assert partition_bytes_for(sizes, 2, open_cost=1) == 20
+    assert partition_bytes_for(sizes, 1, open_cost=1) == 34  # 30 bytes and the first four files' opening
+    assert partition_bytes_for(sizes, 5, open_cost=1) == 11  # never below the largest file and its opening
+
+
+def test_images_of_very_different_sizes_are_packed_by_count() -> None:
+    """Scoring costs about the same per image: with Spark's default opening cost (4 MiB) 10 files
+    of 40 KB and 30 of 4 KB make 4 partitions of 10 files, the least limit being what the ten
+    large files take (by bytes they would hold 4, 4, 21 and 11 files)."""
+    sizes = [40_000] * 10 + [4_000] * 30
+    opening = 4 * 2**20
+    assert partition_bytes_for(sizes, 4) == 9 * (40_000 + opening) + 40_000
+    # by bytes (an opening cost of 1 byte): four large files, their openings and 3 bytes (the
+    # partitions hold 4, 4, 21 and 11 files)
+    assert partition_bytes_for(sizes, 4, open_cost=1) == 4 * 40_000 + 3
