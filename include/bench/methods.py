@@ -321,6 +321,8 @@ def partition_bytes_for(sizes: list[int], partitions: int, open_cost: int = OPEN
     limit, so it gave one partition more than asked (9 tasks for 8 on 2 cores: the last wave ran
     on one core while the other idled, a tenth of a small-CNN run).
     """
+    if not sizes:
+        raise ValueError("no files to pack into partitions: the folder holds no *.jpg images")
     largest_first = sorted(sizes, reverse=True)
     low = largest_first[0] + open_cost
     high = sum(sizes) + len(sizes) * open_cost

@@ -167,3 +167,9 @@ def test_a_folders_split_size_counts_its_images_only(tmp_path: Path) -> None:
         (tmp_path / f"{i:03d}.jpg").write_bytes(b"x" * (40_000 if i % 4 == 0 else 4_000))
     (tmp_path / "notes.txt").write_bytes(b"x" * 10_000_000)  # not read by the benchmark
     assert split_bytes(tmp_path, 4) == 9 * (40_000 + 4 * 2**20) + 40_000
+
+
+def test_a_folder_without_images_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"no \*\.jpg images"):
+        split_bytes(tmp_path, 2)
