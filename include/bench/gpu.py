@@ -48,7 +48,7 @@ from typing import Any, cast
 import numpy as np
 
 from include.bench.data import generate_images
-from include.bench.methods import decode
+from include.bench.methods import decode, read_files, split_bytes
 from include.bench.models import IMAGENET_MEAN, IMAGENET_STD, random_state
 from include.bench.simulated import SimulatedAccelerator, SimulatedBuilder
 from spark_jobs.model_store import Manifest, ModelVersion
@@ -208,21 +208,17 @@ def rescore_spark(
     workers: int,
     pool: str = "auto",
     simulate_ms: float | None = None,
+    tasks: int = 1,
+    max_bytes: int | None = None,
 ) -> Path:
     """Rescore's scoring job on ``binaryFile`` to Parquet: one task at a time on the GPU,
     ``workers`` decoding threads. ``device`` is the job's ``--device``: ``auto`` takes the GPU
     Spark assigned to the task; ``simulate_ms``: the tasks score with a :class:`SimulatedAccelerator`.
-    Returns the output folder."""
-    from pyspark.sql import functions as F
-
+    The files are read as ``tasks`` partitions of about equal image counts (``max_bytes``: their
+    :func:`include.bench.methods.split_bytes`, worked out before timing). Returns the output folder."""
     from spark_jobs.score import ScoringOptions, score_images
 
-    images = (
-        spark.read.format("binaryFile")
-        .option("pathGlobFilter", "*.jpg")
-        .load(str(folder))
-        .select(F.element_at(F.split("path", "/"), -1).alias("image_id"), "path", "content")
-    )
+    images = read_files(spark, folder, partitions=tasks, max_bytes=max_bytes)
     payload = spark.sparkContext.broadcast({"manifest": version.manifest.to_dict(), "weights": version.weights})
     options = ScoringOptions(
         batch_size=batch_size,
@@ -266,9 +262,6 @@ def start_spark(batch_size: int, workers: int, master: str = "local[1]", gpus: i
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
         .config("spark.python.worker.reuse", "true")
-        .config("spark.sql.files.maxPartitionBytes", str(64 << 20))
-        # Photos are ~20 KiB: the default 4 MiB open cost would cut 15-image partitions.
-        .config("spark.sql.files.openCostInBytes", str(64 << 10))
         .config("spark.python.worker.faulthandler.enabled", "true")
     )
     if not master.startswith("local"):
@@ -406,7 +399,8 @@ def render(results: dict[str, Any]) -> str:
         ]
     lines += [
         f"- **Device:** {results['device_name']} (`{results['device']}`), {results['cpus']} CPU cores, "
-        f"{results['workers']} decoding workers per method (Rescore's pool: `{results.get('decode_pool', 'auto')}`)",
+        f"{results['workers']} decoding worker{'' if results['workers'] == 1 else 's'} per method "
+        f"(Rescore's pool: `{results.get('decode_pool', 'auto')}`)",
         f"- **Model:** {model}; batch size {results['batch_size']}",
         f"- **Images:** {results['images']} generated photo-like JPEGs; "
         f"{results['rounds']} timed rounds after a warm-up",
@@ -440,14 +434,19 @@ def render(results: dict[str, Any]) -> str:
 def _spark_line(spark: dict[str, Any] | None) -> str:
     if not spark:
         return "not run (`--skip-spark`)"
+    split = ""
+    if "images_per_task" in spark:
+        tasks = spark["tasks_per_run"]
+        split = f"; {tasks} task{'' if tasks == 1 else 's'} per run (up to {spark['images_per_task']:,} images each)"
     if spark["mode"] == "local":
-        return f"local mode, one task at a time, `--device {spark['job_device']}`"
+        return f"local mode, one task at a time, `--device {spark['job_device']}`{split}"
     tasks = spark.get("tasks_at_a_time", 1)
     share = "per task" if tasks == 1 else f"shared by {tasks} tasks at a time"
     gpus = f", {spark['executor_gpus']} GPU per executor, {share}" if spark["executor_gpus"] else ""
     return (
         f"standalone master + one worker on 127.0.0.1, one executor of {spark['executor_cores']} cores{gpus}; "
         f"`--device {spark['job_device']}`; the device Spark assigned to tasks: {', '.join(spark['task_devices'])}"
+        f"{split}"
     )
 
 
@@ -458,6 +457,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding workers")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--images-per-task",
+        type=int,
+        default=4096,
+        help="images in each of the Spark job's tasks (partitions of equal counts); each task fills and "
+        "drains the decoding pipeline once, so a GPU waits at every task's start and end",
+    )
     parser.add_argument("--seed", type=int, default=20261128)
     parser.add_argument("--workdir", type=Path, default=None, help="default: $RESCORE_HOME/bench-gpu")
     parser.add_argument(
@@ -502,8 +508,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--gpu-discovery", type=Path, default=None, help="the worker's GPU discovery script (default: nvidia-smi's)"
     )
     args = parser.parse_args(argv)
-    if min(args.images, args.batch_size, args.rounds) < 1 or args.workers < 0:
-        parser.error("--images, --batch-size and --rounds must be at least 1, --workers at least 0")
+    if min(args.images, args.batch_size, args.rounds, args.images_per_task) < 1 or args.workers < 0:
+        parser.error("--images, --batch-size, --rounds and --images-per-task must be at least 1, --workers at least 0")
     if args.tasks_per_gpu < 1 or max(args.workers, 1) % args.tasks_per_gpu:
         parser.error(f"--tasks-per-gpu must be at least 1 and divide --workers ({args.workers})")
     if args.simulate_gpu is not None:
@@ -553,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
             spark = start_spark(args.batch_size, workers, master, gpus, tasks)
             stack.callback(spark.stop)
             spark_out = workdir / "out" / "rescore_spark"
+            planned_tasks = -(-len(files) // args.images_per_task)
+            max_bytes = split_bytes(folder, planned_tasks)
             runs["rescore_spark"] = lambda: rescore_spark(
                 spark,
                 version,
@@ -563,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                 workers=cores // tasks,
                 pool=args.decode_pool,
                 simulate_ms=simulate,
+                tasks=planned_tasks,
+                max_bytes=max_bytes,
             )
             spark_info = {
                 "mode": "standalone" if args.cluster else "local",
@@ -570,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
                 "executor_cores": cores,
                 "executor_gpus": gpus,
                 "tasks_at_a_time": tasks,
+                "images_per_task": args.images_per_task,
+                # as Spark plans the read (what the job's tasks get), not as asked
+                "tasks_per_run": read_files(spark, folder, planned_tasks, max_bytes=max_bytes).rdd.getNumPartitions(),
                 "job_device": job_device,
                 "task_devices": task_devices(spark),
             }

@@ -72,6 +72,7 @@ def test_the_gpu_harness_rehearses_every_method_with_a_simulated_accelerator(tmp
     accelerator, agree with each other, and the report says that no GPU ran."""
     out = tmp_path / "out"
     args = ["--simulate-gpu", "0.2", "--images", "10", "--batch-size", "4", "--workers", "1", "--rounds", "1"]
+    args += ["--images-per-task", "4"]
     done = subprocess.run(
         [sys.executable, "-m", "include.bench.gpu", *args, "--workdir", str(tmp_path / "work"), "--out", str(out)],
         cwd=ROOT,
@@ -92,9 +93,12 @@ def test_the_gpu_harness_rehearses_every_method_with_a_simulated_accelerator(tmp
         assert methods[name]["argmax_agreement"] == 1.0
         assert methods[name]["max_probability_diff"] < 1e-5
     assert results["spark"]["job_device"] == "cuda"
+    # 10 images in tasks of at most 4: Spark planned 3 partitions (as equal as 10 allows)
+    assert results["spark"]["tasks_per_run"] == 3
     readme = (out / "README.md").read_text()
     assert readme.startswith("# GPU benchmark rehearsed on the CPU (simulated accelerator)")
     assert "No GPU ran this" in readme
+    assert "3 tasks per run (up to 4 images each)" in readme
     assert "Rehearsal against the target: Rescore's job at least 0.8 of the PyTorch loop" in readme
 
 
