@@ -23,7 +23,7 @@ decoding ahead of the model); the results go to ``docs/benchmarks/gpu/simulated/
 how well each method feeds a device faster than its decoding, not a GPU.
 
     python -m include.bench.gpu [--device cuda] [--images 4096] [--batch-size 256] [--workers 8]
-    python -m include.bench.gpu --simulate-gpu 0.7 --workers 1 --images 2048 --batch-size 64
+    python -m include.bench.gpu --simulate-gpu 0.5 --workers 1 --images 4096 --batch-size 64 --rounds 3
 """
 
 from __future__ import annotations
