@@ -208,12 +208,14 @@ def rescore_spark(
     workers: int,
     pool: str = "auto",
     simulate_ms: float | None = None,
+    device_lock: Path | None = None,
     tasks: int = 1,
     max_bytes: int | None = None,
 ) -> Path:
     """Rescore's scoring job on ``binaryFile`` to Parquet: one task at a time on the GPU,
     ``workers`` decoding threads. ``device`` is the job's ``--device``: ``auto`` takes the GPU
-    Spark assigned to the task; ``simulate_ms``: the tasks score with a :class:`SimulatedAccelerator`.
+    Spark assigned to the task; ``simulate_ms``: the tasks score with a :class:`SimulatedAccelerator`,
+    one device shared through ``device_lock`` by the tasks that run at once.
     The files are read as ``tasks`` partitions of about equal image counts (``max_bytes``: their
     :func:`include.bench.methods.split_bytes`, worked out before timing). Returns the output folder."""
     from spark_jobs.score import ScoringOptions, score_images
@@ -227,7 +229,9 @@ def rescore_spark(
         decode_pool=pool,
         mixed_precision=True,
         device=device,
-        builder=None if simulate_ms is None else SimulatedBuilder(simulate_ms),
+        builder=None
+        if simulate_ms is None
+        else SimulatedBuilder(simulate_ms, None if device_lock is None else str(device_lock)),
     )
     predictions = score_images(images, payload, run_id="gpu-bench", options=options)
     predictions.select("image_id", "probabilities").write.mode("overwrite").parquet(str(out))
@@ -438,9 +442,10 @@ def _spark_line(spark: dict[str, Any] | None) -> str:
     if "images_per_task" in spark:
         tasks = spark["tasks_per_run"]
         split = f"; {tasks} task{'' if tasks == 1 else 's'} per run (up to {spark['images_per_task']:,} images each)"
-    if spark["mode"] == "local":
-        return f"local mode, one task at a time, `--device {spark['job_device']}`{split}"
     tasks = spark.get("tasks_at_a_time", 1)
+    if spark["mode"] == "local":
+        at_once = "one task at a time" if tasks == 1 else f"{tasks} tasks at a time sharing the device"
+        return f"local mode, {at_once}, `--device {spark['job_device']}`{split}"
     share = "per task" if tasks == 1 else f"shared by {tasks} tasks at a time"
     gpus = f", {spark['executor_gpus']} GPU per executor, {share}" if spark["executor_gpus"] else ""
     return (
@@ -501,8 +506,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tasks-per-gpu",
         type=int,
         default=1,
-        help="with --cluster: tasks running at a time on the executor, each with --workers / N cores and a 1/N "
-        "share of the GPU (spark.task.resource.gpu.amount), so one task's start overlaps another's work",
+        help="with --cluster or --simulate-gpu: tasks running at a time on the executor, each with --workers / N "
+        "cores and a 1/N share of the GPU (spark.task.resource.gpu.amount; a simulated device is shared through "
+        "a lock file), so one task's start overlaps another's work",
     )
     parser.add_argument(
         "--gpu-discovery", type=Path, default=None, help="the worker's GPU discovery script (default: nvidia-smi's)"
@@ -555,7 +561,12 @@ def main(argv: list[str] | None = None) -> int:
                 master = cluster.master
                 # on a GPU the job takes the address Spark assigned; a CPU rehearsal keeps the CPU
                 job_device = "auto" if device.startswith("cuda") and gpus else job_device
-            tasks = args.tasks_per_gpu if args.cluster else 1
+            tasks = 1
+            if args.cluster or simulate is not None:
+                tasks = args.tasks_per_gpu
+            if not args.cluster and tasks > 1:
+                # local mode has no GPU scheduling; the simulated device is shared through its lock
+                master = f"local[{tasks}]"
             spark = start_spark(args.batch_size, workers, master, gpus, tasks)
             stack.callback(spark.stop)
             spark_out = workdir / "out" / "rescore_spark"
@@ -571,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers=cores // tasks,
                 pool=args.decode_pool,
                 simulate_ms=simulate,
+                device_lock=workdir / "simulated-device.lock",
                 tasks=planned_tasks,
                 max_bytes=max_bytes,
             )

@@ -17,9 +17,12 @@ does less; the ratios between methods are what it is for.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,16 +41,27 @@ class SimulatedAccelerator:
 
     ``takes_uint8``: like Rescore's PyTorch predictor, it takes 8-bit ``N x H x W x 3`` pixels
     on a GPU task and normalises them "on the device"; float32 ``N x 3 x H x W`` batches too.
+
+    ``device_lock``: a file that every accelerator built with it locks while it works, so that
+    the processes of tasks sharing one GPU (``--tasks-per-gpu``) take turns on one simulated
+    device, as their kernels would on the GPU, instead of each getting a device of its own.
     """
 
     takes_uint8 = True
 
-    def __init__(self, manifest: Manifest, ms_per_image: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        ms_per_image: float,
+        sleep: Callable[[float], None] = time.sleep,
+        device_lock: str | Path | None = None,
+    ) -> None:
         if ms_per_image < 0:
             raise ValueError(f"a simulated accelerator's time per image must be 0 or more, got {ms_per_image} ms")
         self.manifest = manifest
         self.seconds_per_image = ms_per_image / 1000
         self._sleep = sleep
+        self.device_lock = None if device_lock is None else Path(device_lock)
         self._mean = np.asarray(manifest.mean, dtype=np.float64)
         self._std = np.asarray(manifest.std, dtype=np.float64)
         # a fixed projection of the three channel means onto the labels
@@ -73,8 +87,19 @@ class SimulatedAccelerator:
         logits -= logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
         probabilities = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-        self._sleep(len(probabilities) * self.seconds_per_image)
+        with self._device():
+            self._sleep(len(probabilities) * self.seconds_per_image)
         return BatchOutput(probabilities, None)
+
+    @contextlib.contextmanager
+    def _device(self) -> Iterator[None]:
+        """Hold the shared device (an exclusive lock on :attr:`device_lock`), if there is one."""
+        if self.device_lock is None:
+            yield
+            return
+        with self.device_lock.open("a") as handle:  # a lock per open file: threads take turns too
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self.forward(batch).probabilities
@@ -84,8 +109,9 @@ class SimulatedBuilder:
     """A :class:`spark_jobs.models.PredictorBuilder` of :class:`SimulatedAccelerator` (pickled to
     Spark's Python workers with the scoring options)."""
 
-    def __init__(self, ms_per_image: float) -> None:
+    def __init__(self, ms_per_image: float, device_lock: str | None = None) -> None:
         self.ms_per_image = ms_per_image
+        self.device_lock = device_lock
 
     def __call__(
         self,
@@ -95,4 +121,4 @@ class SimulatedBuilder:
         num_threads: int | None = None,
         mixed_precision: bool = False,
     ) -> SimulatedAccelerator:
-        return SimulatedAccelerator(version.manifest, self.ms_per_image)
+        return SimulatedAccelerator(version.manifest, self.ms_per_image, device_lock=self.device_lock)

@@ -56,6 +56,39 @@ def test_it_gives_the_same_probabilities_for_8_bit_and_normalised_pixels_and_wai
     assert accelerator.batches_by_dtype == {"uint8": 1, "float32": 1}
 
 
+def test_accelerators_sharing_a_device_lock_take_turns(tmp_path: Path) -> None:
+    """Two tasks on one GPU (`--tasks-per-gpu 2`): their accelerators share one simulated device,
+    so their waits never overlap; without the lock each has a device of its own and they do."""
+    import threading
+    import time
+
+    from include.bench.simulated import SimulatedAccelerator
+
+    def peak_overlap(lock: Path | None) -> int:
+        guard = threading.Lock()
+        state = {"inside": 0, "peak": 0}
+
+        def tracking_sleep(seconds: float) -> None:
+            with guard:
+                state["inside"] += 1
+                state["peak"] = max(state["peak"], state["inside"])
+            time.sleep(0.2)
+            with guard:
+                state["inside"] -= 1
+
+        pixels = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+        accelerators = [SimulatedAccelerator(_manifest(), 1.0, tracking_sleep, device_lock=lock) for _ in range(2)]
+        threads = [threading.Thread(target=a.predict, args=(pixels,)) for a in accelerators]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return state["peak"]
+
+    assert peak_overlap(tmp_path / "device.lock") == 1
+    assert peak_overlap(None) == 2
+
+
 def test_it_refuses_a_negative_time_and_a_batch_that_is_not_four_dimensional() -> None:
     from include.bench.simulated import SimulatedAccelerator
 
@@ -68,11 +101,12 @@ def test_it_refuses_a_negative_time_and_a_batch_that_is_not_four_dimensional() -
 @pytest.mark.spark
 def test_the_gpu_harness_rehearses_every_method_with_a_simulated_accelerator(tmp_path: Path) -> None:
     """`--simulate-gpu` on a machine without CUDA: the loop, Rescore's UDF body and its Spark job
-    (which takes its GPU path: a task on ``cuda:0`` sends 8-bit pixels) all score with the simulated
-    accelerator, agree with each other, and the report says that no GPU ran."""
+    (which takes its GPU path: a task on ``cuda:0`` sends 8-bit pixels; two tasks at a time share
+    the one simulated device) all score with the simulated accelerator, agree with each other, and
+    the report says that no GPU ran."""
     out = tmp_path / "out"
-    args = ["--simulate-gpu", "0.2", "--images", "10", "--batch-size", "4", "--workers", "1", "--rounds", "1"]
-    args += ["--images-per-task", "4"]
+    args = ["--simulate-gpu", "0.2", "--images", "10", "--batch-size", "4", "--workers", "2", "--rounds", "1"]
+    args += ["--images-per-task", "4", "--tasks-per-gpu", "2"]
     done = subprocess.run(
         [sys.executable, "-m", "include.bench.gpu", *args, "--workdir", str(tmp_path / "work"), "--out", str(out)],
         cwd=ROOT,
@@ -93,12 +127,17 @@ def test_the_gpu_harness_rehearses_every_method_with_a_simulated_accelerator(tmp
         assert methods[name]["argmax_agreement"] == 1.0
         assert methods[name]["max_probability_diff"] < 1e-5
     assert results["spark"]["job_device"] == "cuda"
+    assert results["spark"]["master"] == "local[2]"
+    assert results["spark"]["tasks_at_a_time"] == 2
     # 10 images in tasks of at most 4: Spark planned 3 partitions (as equal as 10 allows)
     assert results["spark"]["tasks_per_run"] == 3
     readme = (out / "README.md").read_text()
     assert readme.startswith("# GPU benchmark rehearsed on the CPU (simulated accelerator)")
     assert "No GPU ran this" in readme
-    assert "3 tasks per run (up to 4 images each)" in readme
+    assert (
+        "local mode, 2 tasks at a time sharing the device, `--device cuda`; 3 tasks per run (up to 4 images each)"
+        in readme
+    )
     assert "Rehearsal against the target: Rescore's job at least 0.8 of the PyTorch loop" in readme
 
 
