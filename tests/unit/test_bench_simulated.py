@@ -150,7 +150,10 @@ def test_the_in_process_methods_feed_the_accelerator_as_they_would_feed_a_gpu(tm
     args = ["--simulate-gpu", "0", "--images", "6", "--batch-size", "3", "--workers", "0", "--rounds", "1"]
     assert gpu.main([*args, "--workdir", str(tmp_path / "work"), "--out", str(out), "--skip-spark"]) == 0
 
-    [accelerator] = [p for key, p in gpu._PREDICTORS.items() if key == "cuda:0-simulated-0.0"]
+    from include.bench.simulated import SimulatedAccelerator
+
+    # the harness's in-process methods share one accelerator per device and time per image
+    [accelerator] = [p for p in gpu._PREDICTORS.values() if isinstance(p, SimulatedAccelerator)]
     # warm-up and one round: 2 batches each time, for each of the two methods
     assert accelerator.batches_by_dtype == {"uint8": 4, "float32": 4}
     results = json.loads((out / "results.json").read_text())
