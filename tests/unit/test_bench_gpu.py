@@ -6,17 +6,17 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.unit._gpu_harness import run_gpu_harness
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 pytestmark = pytest.mark.unit
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_gpu_harness_runs_on_the_cpu_and_reports_against_the_pytorch_loop(tmp_path: Path) -> None:
@@ -68,23 +68,10 @@ def test_the_gpu_harness_runs_spark_on_a_standalone_worker_that_offers_a_gpu(tmp
     discovery = tmp_path / "gpus.sh"
     discovery.write_text('#!/bin/sh\necho \'{"name": "gpu", "addresses": ["0"]}\'\n')
     discovery.chmod(0o755)
-    out = tmp_path / "out"
     args = ["--device", "cpu", "--images", "8", "--batch-size", "4", "--workers", "2", "--rounds", "1"]
     cluster = ["--cluster", "--cluster-gpus", "1", "--tasks-per-gpu", "2", "--gpu-discovery", str(discovery)]
-    # in its own process, as `make bench-gpu` runs it: a Spark session of this test process would be
-    # reused by getOrCreate, whatever master the harness asks for
-    command = [sys.executable, "-m", "include.bench.gpu", *args, *cluster]
-    done = subprocess.run(
-        [*command, "--workdir", str(tmp_path / "work"), "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    results, readme = run_gpu_harness(tmp_path, *args, *cluster)
 
-    results = json.loads((out / "results.json").read_text())
     assert results["spark"]["mode"] == "standalone"
     assert results["spark"]["executor_gpus"] == 1
     assert results["spark"]["tasks_at_a_time"] == 2
@@ -94,7 +81,6 @@ def test_the_gpu_harness_runs_spark_on_a_standalone_worker_that_offers_a_gpu(tmp
     methods = {m["method"]: m for m in results["methods"]}
     assert methods["rescore_spark"]["argmax_agreement"] == 1.0
     assert methods["rescore_spark"]["max_probability_diff"] < 1e-4
-    readme = (out / "README.md").read_text()
     assert "one executor of 2 cores, 1 GPU per executor, shared by 2 tasks at a time" in readme
     # the harness stopped the cluster it started: its master's port is closed, no worker runs
     port = int(results["spark"]["master"].rsplit(":", 1)[1])

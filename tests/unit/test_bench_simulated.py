@@ -5,17 +5,15 @@ loop's), a wait proportional to the batch, and the harness's report saying no GP
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from spark_jobs.model_store import Manifest
+from tests.unit._gpu_harness import run_gpu_harness
 
 pytestmark = pytest.mark.unit
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _manifest(labels: int = 5) -> Manifest:
@@ -104,20 +102,9 @@ def test_the_gpu_harness_rehearses_every_method_with_a_simulated_accelerator(tmp
     (which takes its GPU path: a task on ``cuda:0`` sends 8-bit pixels; two tasks at a time share
     the one simulated device) all score with the simulated accelerator, agree with each other, and
     the report says that no GPU ran."""
-    out = tmp_path / "out"
     args = ["--simulate-gpu", "0.2", "--images", "10", "--batch-size", "4", "--workers", "2", "--rounds", "1"]
-    args += ["--images-per-task", "4", "--tasks-per-gpu", "2"]
-    done = subprocess.run(
-        [sys.executable, "-m", "include.bench.gpu", *args, "--workdir", str(tmp_path / "work"), "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    results, readme = run_gpu_harness(tmp_path, *args, "--images-per-task", "4", "--tasks-per-gpu", "2")
 
-    results = json.loads((out / "results.json").read_text())
     assert results["simulated_ms_per_image"] == 0.2
     assert results["device"] == "cuda:0"
     assert results["device_name"].startswith("simulated accelerator (0.2 ms per image, no GPU")
@@ -131,7 +118,6 @@ def test_the_gpu_harness_rehearses_every_method_with_a_simulated_accelerator(tmp
     assert results["spark"]["tasks_at_a_time"] == 2
     # 10 images in tasks of at most 4: Spark planned 3 partitions (as equal as 10 allows)
     assert results["spark"]["tasks_per_run"] == 3
-    readme = (out / "README.md").read_text()
     assert readme.startswith("# GPU benchmark rehearsed on the CPU (simulated accelerator)")
     assert "No GPU ran this" in readme
     assert (
