@@ -153,6 +153,9 @@ class Plan:
     #: measurable: 363-425 MiB against 371-432 at every size), and the largest size alone took
     #: 100 s of a core on a slow host. Rescore's own setting runs every size.
     returned_sizes_below_largest: bool = False
+    #: passes over the two sustained runs (each run's best time counts): two in the full run; quick
+    #: mode's one keeps ``make bench QUICK=1`` within its five minutes (a pass: 5-12 s per model)
+    sustained_passes: int = 2
 
 
 PLANS = {
@@ -168,6 +171,8 @@ PLANS = {
         (16, 160),
         {"small_cnn_64": (256, 1024), "resnet18_160": (64, 192)},
         shared_python_workers=True,
+        returned_sizes_below_largest=True,
+        sustained_passes=1,
     ),
     "full": Plan(
         "full",
@@ -594,7 +599,7 @@ class Bench:
                 log.info("%s: %d timed rounds (the next would not fit the budget)", run.model.key, run.rounds)
 
     def measure_sustained(self, model: BenchModel, base: list[Path], limit_files: list[Path]) -> dict[str, Any]:
-        """Rescore at two image counts (copies of ``base``), twice each, interleaved: the marginal
+        """Rescore at two image counts (copies of ``base``), interleaved, in the plan's passes: the marginal
         rate between the best times is what a long job sustains once Spark's fixed cost is paid.
 
         Before each pass a round of the physical limit is measured again on ``limit_files`` (the
@@ -611,7 +616,7 @@ class Bench:
         # CPU per image is what Spark itself spends per image, which no Spark method can avoid.
         wake = self.wake_set(model)  # linked by start_model
         best: dict[tuple[str, int], Stopwatch] = {}  # the fastest run of each method and size
-        for _ in range(2):
+        for _ in range(self.plan.sustained_passes):
             pool, cores = self.ctx.pools[model.key], self.args.cores
             again = M.physical_limit(pool, limit_files, cores=cores, batch_size=self.args.batch_size, repeats=1)
             self.physical[model.key] = M.limit_again(self.physical[model.key], again, cores=cores)
@@ -642,6 +647,7 @@ class Bench:
         return {
             "model": model.key,
             "images": list(images),
+            "passes": self.plan.sustained_passes,  # each size's best of this many runs
             "seconds": [best[M.RESCORE, n1].seconds, best[M.RESCORE, n2].seconds],
             "cpu_seconds": [best[M.RESCORE, n1].cpu_seconds, best[M.RESCORE, n2].cpu_seconds],
             "images_per_s": rate,

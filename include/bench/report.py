@@ -309,6 +309,14 @@ def _limit_rounds_text(limits: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def _sustained_runs_text(rows: list[dict[str, Any]]) -> str:
+    """How many runs of each size the sustained rate took the best of (two before ``passes`` was
+    recorded; quick mode runs one)."""
+    words = {1: "one run each", 2: "best of two each", 3: "best of three each"}
+    passes = sorted({int(row.get("passes", 2)) for row in rows})
+    return " or ".join(words.get(n, f"best of {n} each") for n in passes)
+
+
 def _limit_rounds(limit: dict[str, Any]) -> str:
     """A limit's rounds in the order measured, those beside the sustained runs after a ``·``."""
     rounds = limit.get("rounds_cpu_ms")
@@ -689,8 +697,8 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
             "",
             "The physical limit is the cores divided by the CPU time of decode + preprocessing + inference "
             "per image, measured in single-threaded processes, one per core and all at once, with the files in "
-            f"memory ({_limit_rounds_text(limits)}). Rescore's sustained "
-            "rate is the marginal rate between two runs of different size (best of two each): "
+            f"memory ({_limit_rounds_text(limits)}). Rescore's sustained rate is the marginal rate between "
+            f"two runs of different size ({_sustained_runs_text(results['sustained'])}): "
             "(images₂ − images₁) / (seconds₂ − seconds₁), what a long job gets once Spark's fixed cost per "
             "job is paid. Spark's own CPU per image is the marginal CPU of `spark_io_floor` (the same job "
             "reading the files and writing a row per file, without decoding or a model) between the same two "

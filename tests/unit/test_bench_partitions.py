@@ -129,6 +129,8 @@ def test_every_plan_times_at_least_two_rounds_and_the_quick_one_no_more() -> Non
         assert 2 <= plan.least_rounds <= plan.most_rounds
     assert PLANS["quick"].most_rounds == PLANS["quick"].least_rounds
     assert (PLANS["quick"].budget_s, PLANS["full"].budget_s) == (5 * 60, 45 * 60)
+    # the full run's sustained rate is the best of two runs of each size; quick mode runs one
+    assert (PLANS["quick"].sustained_passes, PLANS["full"].sustained_passes) == (1, 2)
     # the full run gives each Spark method workers of its own; quick mode cannot afford the
     # wake-up runs that takes and shares one pool
     assert (PLANS["quick"].shared_python_workers, PLANS["full"].shared_python_workers) == (True, False)

@@ -588,6 +588,20 @@ def test_report_shows_the_limits_rounds_before_and_beside_the_sustained_runs(tmp
     assert "(best of three rounds)" not in readme
 
 
+def test_report_says_how_many_runs_of_each_size_the_sustained_rate_took_the_best_of(tmp_path: Path) -> None:
+    results = _results()
+    results["physical_limit"] = {"m64": {"cpu_ms_per_image": 20.0, "images_per_s": 100.0, "images": 100}}
+    results["sustained"] = [_sustained_row()]  # recorded before the passes were: two each
+    write_report(results, tmp_path)
+    assert "two runs of different size (best of two each)" in (tmp_path / "README.md").read_text()
+
+    results["sustained"] = [_sustained_row(passes=1)]  # quick mode: one pass
+    write_report(results, tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "two runs of different size (one run each)" in readme
+    assert "best of two each" not in readme
+
+
 class _BurningPredictor:
     """Burns a known CPU time per batch, so the measured CPU per image has a floor."""
 
