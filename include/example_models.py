@@ -132,8 +132,8 @@ def train_small_cnn(
             loss.backward()
             optimiser.step()
             scheduler.step()
-            bar.update(1, float(loss))
-        bar.epoch_done(epoch, epochs, float(loss))
+            bar.update(1, loss.item())
+        bar.epoch_done(epoch, epochs, loss.item())
     bar.close()
     network.eval()
     with torch.inference_mode():

@@ -367,3 +367,21 @@ def test_manifests_without_the_new_fields_still_load() -> None:
     manifest = Manifest.from_dict(old)
     assert manifest.embedding is None
     assert Manifest.from_dict(manifest.to_dict()) == manifest
+
+
+def test_training_the_example_cnn_reports_its_progress_without_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a tiny training run with its progress shown (what `make demo` and the publishing tool print)
+    import warnings
+
+    from include.example_models import train_small_cnn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning (e.g. a tensor that needs grad turned into a float) fails
+        result = train_small_cnn(tmp_path, seed=0, train_count=64, epochs=1, progress=True)
+    # Then it saved a loadable model and printed the epoch's loss
+    assert (tmp_path / "model.safetensors").is_file()
+    assert result.manifest.architecture == "small_cnn"
+    captured = capsys.readouterr()
+    assert "epoch 1/1 loss" in captured.out + captured.err
