@@ -40,7 +40,8 @@ SPARK_METHODS = (RESCORE, PREDICT_BATCH_UDF, PREDICT_BATCH_UDF_BYTES, MLFLOW_SPA
 DESCRIPTIONS = {
     CEILING: "plain Python, no Spark: best of one process with a DataLoader (0..cores workers) "
     "and one single-threaded process per core",
-    RESCORE: "Rescore's scoring job (spark_jobs.score.score_images: iterator Arrow UDF over binaryFile bytes)",
+    RESCORE: "Rescore's scoring job (spark_jobs.score.score_images: iterator Arrow UDF; Spark lists the files "
+    "and the UDF reads each one itself, spark_jobs.score.read_by_udf, so the bytes skip the JVM)",
     PREDICT_BATCH_UDF: "pyspark.ml.functions.predict_batch_udf as documented: decode into an array column, "
     "then predict",
     PREDICT_BATCH_UDF_BYTES: "predict_batch_udf fed the raw bytes, decoding inside predict_fn",
@@ -49,8 +50,8 @@ DESCRIPTIONS = {
     BLOG_PATTERN: "blog pattern: Series-to-Series pandas UDF, model rebuilt from a broadcast every batch, "
     "predictions collected into a list",
     ROW_UDF: "row-at-a-time Python UDF, model cached per worker",
-    SPARK_FLOOR: "not a method: the same Spark job without decoding or a model (read the files, write their "
-    "names and sizes), to show Spark's own share",
+    SPARK_FLOOR: "not a method: Rescore's Spark job without reading, decoding or a model (list the files, "
+    "write a row per file), to show Spark's own share",
 }
 
 
@@ -368,13 +369,14 @@ def read_files(spark: SparkSession, folder: Path, partitions: int, *, max_bytes:
 def run_rescore(ctx: BenchContext, model_key: str, images: DataFrame, out: Path) -> None:
     """Rescore's job as spark_jobs.score writes it: every contract column into the version's
     partition folder, named by path (not ``partitionBy``, which would add a sort per task)."""
-    from spark_jobs.score import ScoringOptions, conform_predictions, score_images
+    from spark_jobs.score import ScoringOptions, conform_predictions, read_by_udf, score_images
     from spark_jobs.stages import StageReport, stage_accumulator
 
     manifest = ctx.payloads[model_key].value["manifest"]
     options = ScoringOptions(batch_size=ctx.batch_size)
     stages = stage_accumulator(ctx.spark)
-    scored = score_images(images, ctx.payloads[model_key], run_id="bench", options=options, stages=stages)
+    # the harness's files are local: Spark lists them and the UDF reads them, as Rescore's ingest does
+    scored = score_images(read_by_udf(images), ctx.payloads[model_key], run_id="bench", options=options, stages=stages)
     conform_predictions(scored.drop("model_name", "model_version")).write.mode("overwrite").parquet(
         str(out / f"model_name={manifest['name']}" / f"model_version={manifest['version']}")
     )
@@ -490,9 +492,8 @@ def run_row_udf(ctx: BenchContext, model_key: str, images: DataFrame, out: Path)
 
 
 def run_spark_floor(ctx: BenchContext, model_key: str, images: DataFrame, out: Path) -> None:
-    from pyspark.sql import functions as F
-
-    images.select("image_id", F.length("content").alias("size")).write.mode("overwrite").parquet(str(out))
+    # Rescore's job without the UDF: its files are listed, not read (read_by_udf), so neither is this
+    images.select("image_id", "path").write.mode("overwrite").parquet(str(out))
 
 
 SPARK_RUNNERS: dict[str, Callable[[BenchContext, str, DataFrame, Path], None]] = {

@@ -398,8 +398,9 @@ def _cpu_by_process_table(summary: list[dict[str, Any]]) -> list[str]:
         "",
         "### CPU by process (ms per image, median run)",
         "",
-        "Spark's Python workers run the decoding and the model; the JVM reads the files, moves the data "
-        "through Arrow and writes Parquet; `other` is the ceiling's worker processes; the driver is this "
+        "Spark's Python workers run the decoding and the model (Rescore's read the files too); the JVM "
+        "lists the files, reads them (except Rescore's), moves the data through Arrow and writes Parquet; "
+        "`other` is the ceiling's worker processes; the driver is this "
         "benchmark's own process (the ceiling's DataLoader runs its model there). Compare a Spark method's "
         "Python workers with the ceiling's total: the same decode and model calls.",
         "",
@@ -700,13 +701,15 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
             f"memory ({_limit_rounds_text(limits)}). Rescore's sustained rate is the marginal rate between "
             f"two runs of different size ({_sustained_runs_text(results['sustained'])}): "
             "(images₂ − images₁) / (seconds₂ − seconds₁), what a long job gets once Spark's fixed cost per "
-            "job is paid. Spark's own CPU per image is the marginal CPU of `spark_io_floor` (the same job "
-            "reading the files and writing a row per file, without decoding or a model) between the same two "
-            "sizes: Spark spends it on every image whatever the method, on the same cores, so even a job whose "
+            "job is paid. Spark's own CPU per image is the marginal CPU of `spark_io_floor` (Rescore's job "
+            "listing the files and writing a row per file, without reading, decoding or a model) between the same "
+            "two sizes: Spark spends it on every image (the other methods more: their JVM reads the files too), on "
+            "the same cores, so even a job whose "
             "Python side cost exactly the limit and whose cores never idled would reach only "
             "limit CPU / (limit CPU + Spark's CPU) of the limit (the last column). Rescore's marginal CPU is "
-            "split by process: its Python workers (decoding, the model, Arrow in and out; compare with the "
-            "limit's CPU) and the JVM (reading the files, Arrow, writing Parquet).",
+            "split by process: its Python workers (reading the files, decoding, the model, Arrow in and out; "
+            "compare with the limit's CPU, taken on files in memory) and the JVM (listing the files, Arrow, "
+            "writing Parquet).",
             "",
             "| model | decode + inference CPU ms / image | the limit's rounds (CPU ms / image) "
             "| physical limit (images/s) | Rescore runs "

@@ -14,7 +14,7 @@ from spark_jobs.score import PREDICTIONS_SCHEMA, ScoringOptions, score_images
 from tests.spark._scoring_helpers import images_frame, reference_pixels, write_samples
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 pytestmark = pytest.mark.spark
 
@@ -173,3 +173,56 @@ def test_an_undecodable_image_gets_an_error_and_the_rest_are_scored(
     assert rows["broken.jpg"]["top_k"] is None
     assert "cannot decode" in rows["broken.jpg"]["error"]
     assert all(rows[f.name]["label"] in LABELS for f in sample_files[:5])
+
+
+def test_files_listed_by_spark_and_read_by_the_udf_score_as_their_bytes_do(
+    spark: SparkSession, sample_files: list[Path], tmp_path: Path
+) -> None:
+    import torch
+    from pyspark.sql import functions as F
+    from safetensors.torch import save
+
+    from spark_jobs.models.torch_nets import SmallCNN
+    from spark_jobs.score import read_by_udf
+
+    torch.manual_seed(5)
+    weights = save({k: v.contiguous() for k, v in SmallCNN(len(LABELS)).state_dict().items()})
+    manifest = Manifest(
+        name="torch-read-by-udf", framework="pytorch", architecture="small_cnn", input_size=SIZE, labels=LABELS
+    )
+    payload = spark.sparkContext.broadcast({"manifest": manifest.to_dict(), "weights": weights})
+    try:
+        # Given files listed with binaryFile, scored once with their bytes and once through read_by_udf
+        listed = (
+            spark.read.format("binaryFile")
+            .load([str(f) for f in sample_files[:12]])
+            .select(F.element_at(F.split("path", "/"), -1).alias("image_id"), "path", "content")
+        )
+        by_udf = score_images(read_by_udf(listed), payload, run_id="t", options=ScoringOptions(batch_size=5))
+        with_bytes = score_images(listed, payload, run_id="t", options=ScoringOptions(batch_size=5))
+
+        # Then Spark's scan no longer reads the files' content (binaryFile reads a file's bytes only for it)
+        def read_schema(frame: DataFrame) -> str:
+            plan = frame._jdf.queryExecution().executedPlan().toString()
+            return next(line for line in plan.splitlines() if "ReadSchema" in line).split("ReadSchema")[1]
+
+        assert "content" not in read_schema(by_udf)
+        assert "content" in read_schema(with_bytes)
+        rows = {r["image_id"]: r.asDict(recursive=True) for r in by_udf.collect()}
+        expected = {r["image_id"]: r.asDict(recursive=True) for r in with_bytes.collect()}
+
+        # And a row whose file is gone when the UDF reads it gets an error naming it, not an exception
+        missing = spark.createDataFrame(
+            [("missing.jpg", f"file:{tmp_path / 'missing.jpg'}", None)], "image_id string, path string, content binary"
+        )
+        (gone,) = score_images(missing, payload, run_id="t").collect()
+    finally:
+        payload.unpersist()
+    # Then each file read by the UDF has the probabilities its bytes give
+    assert set(rows) == set(expected) == {f.name for f in sample_files[:12]}
+    for name, row in rows.items():
+        assert row["error"] is None
+        np.testing.assert_allclose(row["probabilities"], expected[name]["probabilities"], atol=1e-6)
+        assert row["label"] == expected[name]["label"]
+    assert gone["label"] is None
+    assert "missing.jpg" in gone["error"]
