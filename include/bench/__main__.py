@@ -612,8 +612,8 @@ class Bench:
         for n in counts:
             copies = -(-n // len(base))
             folders[n] = (link_set(base, self.workdir / "sets" / f"sustained-{model.key}-{n}", copies=copies), copies)
-        # Spark's floor (the same job without decoding or a model) at the same counts: its marginal
-        # CPU per image is what Spark itself spends per image, which no Spark method can avoid.
+        # Spark's floor (Rescore's job listing the files, without reading, decoding or a model) at the
+        # same counts: its marginal CPU per image is what Spark itself spends on each of Rescore's images.
         wake = self.wake_set(model)  # linked by start_model
         best: dict[tuple[str, int], Stopwatch] = {}  # the fastest run of each method and size
         for _ in range(self.plan.sustained_passes):

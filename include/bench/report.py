@@ -279,7 +279,8 @@ def cpu_notes(summary: list[dict[str, Any]]) -> list[str]:
         floor = rows.get("spark_io_floor")
         if floor is not None:
             notes.append(
-                f"{model}: the same Spark job without decoding or a model takes {floor['seconds_median']:.1f} s "
+                f"{model}: Rescore's Spark job without reading, decoding or a model takes "
+                f"{floor['seconds_median']:.1f} s "
                 f"and {floor['cpu_ms_per_image']:.1f} CPU ms per image; Rescore takes {rescore['seconds_median']:.1f} s"
             )
     return notes
