@@ -103,7 +103,15 @@ _STAMP_TYPE = pa.timestamp("us", tz="UTC")
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_TOP_K = 3
 DEFAULT_PREFETCH = 2
-DEFAULT_OUTPUT_ROWS = 256
+#: Each model batch's rows go back to Spark as soon as they are scored. Joining batches into
+#: frames of 256 rows (when a pandas frame cost PySpark 2.1 ms to convert whatever its size) now
+#: costs memory and CPU: the kept batches' arrays hold small blocks of the model's output in the C
+#: heap between batches, splitting the freed holes the next batch's activations need, so the
+#: heap grew with the partition (small CNN, one 2-core worker: peak RSS 370 MiB at 50 images,
+#: 388-412 at 500, 427-430 at 5,000; sent per batch 370, 380-389, 380-395), and the Python
+#: workers' CPU per image was 1.085 against 1.051 ms (JVM 0.135 against 0.147; 19,008 images,
+#: 5 runs each, interleaved).
+DEFAULT_OUTPUT_ROWS = 1
 DECODE_MODES = ("auto", "inline", "prefetch")
 DECODE_POOLS = ("auto", "thread", "process")
 
@@ -133,8 +141,9 @@ class ScoringOptions:
         on a one-GPU machine, where Spark assigns no GPUs: every task then shares it).
     :param output_rows: scored rows sent back to Spark per Arrow batch: consecutive model
         batches' rows are joined until there are this many (fewer, larger batches for the JVM to
-        read). The rows hold no images, so this bounds a few hundred small rows, not memory that
-        grows with a partition.
+        read). The default, 1, sends each model batch's rows as soon as they are scored
+        (:data:`DEFAULT_OUTPUT_ROWS` says why); the rows hold no images, so a larger value bounds
+        a few hundred small rows, not memory that grows with a partition.
     :param builder: turns the broadcast version into a predictor (tests inject fakes); default
         :func:`spark_jobs.models.build_predictor`.
     """
@@ -625,8 +634,8 @@ def score_partition(
     clock: StageClock | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Score ``(content, path)`` batches, yielding Arrow record batches (columns
-    :data:`PREDICTION_FIELDS`) of ``options.output_rows`` rows or a little more (the last may be
-    smaller).
+    :data:`PREDICTION_FIELDS`): each model batch's rows as soon as they are scored by default, or
+    frames of ``options.output_rows`` rows or a little more (the last may be smaller).
 
     A batch is released (``held``) once scored: the count covers every batch whose images are
     alive (queued, being decoded, being scored); what waits to be sent is its rows' labels and

@@ -253,6 +253,23 @@ def _frame(batches: Iterator[pa.RecordBatch]) -> pd.DataFrame:
     return pd.DataFrame(pa.Table.from_batches(list(batches)).to_pylist())
 
 
+def test_by_default_each_model_batch_goes_back_to_spark_before_the_next_is_scored(tmp_path: Path) -> None:
+    # Given 5 Arrow batches of 4 rows, a batch size of 3 and the default output options
+    consumed: list[int] = []
+    options = ScoringOptions(batch_size=3, decode="inline")
+    predictor = CountingPredictor(_manifest("per-batch", tmp_path))
+    log = Path(predictor.manifest.extra["batch_log"])
+
+    # When the consumer takes the results one at a time
+    sizes = []
+    for frame in score_partition(_arrow_batches(5, 4, consumed), predictor, options, held=HeldBatches()):
+        sizes.append(frame.num_rows)
+        # Then every frame is the model batch just scored: no scored rows wait for later batches
+        # (kept, their arrays fragment the heap the next batch's activations are taken from)
+        assert len(log.read_text().splitlines()) == len(sizes)
+    assert sizes == [3, 3, 3, 3, 3, 3, 2]
+
+
 def test_a_decode_thread_failure_reaches_the_task(tmp_path: Path) -> None:
     def failing():  # type: ignore[no-untyped-def]
         yield pd.Series([_png(1)]), pd.Series(["ok"])
