@@ -413,12 +413,31 @@ def test_a_target_within_half_a_hundredth_of_its_threshold_gets_a_third_decimal(
     # Given a memory step of 1.103 (just over the 1.10 limit) and one of 1.05
     rows = [_memory_row(n, mb) for n, mb in ((10, 400.0), (100, 441.2), (1000, 463.26))]
     results = _results()
+    results["mode"] = "full"
     results["memory"] = rows
     write_report(results, tmp_path)
     readme = (tmp_path / "README.md").read_text()
     # Then the close one reads 1.103 and "missed by 0.003", not "1.10, missed by 0.00"; the other keeps two
     assert "| 1.103 | ≤ 1.1 | **missed** by 0.003 |" in readme
     assert "| 1.05 | ≤ 1.1 | met (margin 0.05) |" in readme
+
+
+def test_a_quick_runs_verdicts_are_marked_indicative_and_a_full_runs_are_not(tmp_path: Path) -> None:
+    # Given the same results from a quick run and from a full run
+    readmes = {}
+    for mode in ("quick", "full"):
+        results = _results()
+        results["mode"] = mode
+        write_report(results, tmp_path / mode)
+        readmes[mode] = (tmp_path / mode / "README.md").read_text()
+    # Then the quick run's Rescore / ceiling verdict says it is indicative, with the reason above the table
+    line = next(row for row in readmes["quick"].splitlines() if "| Rescore / ceiling |" in row)
+    assert line.endswith("| indicative (quick run): **missed** by 0.40 |")
+    assert "The targets are judged on a full run (`make bench`)." in readmes["quick"]
+    # and the full run's is the verdict alone
+    line = next(row for row in readmes["full"].splitlines() if "| Rescore / ceiling |" in row)
+    assert line.endswith("| **missed** by 0.40 |")
+    assert "judged on a full run" not in readmes["full"]
 
 
 def test_tree_cpu_counts_children_that_already_exited() -> None:
