@@ -671,8 +671,8 @@ def render_readme(results: dict[str, Any], plot_name: str) -> str:
     if quick:
         lines += [
             "A quick run's timed runs hold a few hundred images, so Spark's fixed cost per job (planning, "
-            "starting the tasks, the writers: about a second) weighs on every Spark method, and its memory runs stop "
-            "before a worker's memory levels off: these results only check the harness. The targets are judged on "
+            "starting the tasks, the writers: about a second) weighs on every Spark method, and its memory runs score "
+            "a few model batches per partition: these results only check the harness. The targets are judged on "
             "a full run (`make bench`).",
             "",
         ]
