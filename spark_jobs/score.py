@@ -679,14 +679,20 @@ def score_partition(
             del batch  # its pixels go now, not when the next batch is decoded
             if rows >= options.output_rows:
                 started = clock.now()
-                yield pa.concat_batches(scored)
+                yield _one_batch(scored)
                 clock.add("output", clock.now() - started)
                 scored, rows = [], 0
         if scored:
             started = clock.now()
-            yield pa.concat_batches(scored)
+            yield _one_batch(scored)
             clock.add("output", clock.now() - started)
     log.info("partition done: %d model batches, at most %d held at once", held.batches, held.max_held)
+
+
+def _one_batch(scored: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """``scored`` as one record batch: a single batch as it is (``concat_batches`` would copy it,
+    which is every batch with the default ``output_rows``)."""
+    return scored[0] if len(scored) == 1 else pa.concat_batches(scored)
 
 
 def make_score_udf(  # type: ignore[no-untyped-def]
