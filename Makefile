@@ -87,7 +87,7 @@ bench: install
 	$(BIN)/python -m include.bench $(if $(QUICK),--quick) --out $(BENCH_OUT) $(BENCH_ARGS)
 	$(BIN)/python -m include.bench.ingest_bench --files $(if $(QUICK),200,10000) --out $(BENCH_OUT)/ingest.md
 	$(BIN)/python -m include.bench.worker_start --rounds $(if $(QUICK),1,3) --out $(BENCH_OUT)/worker_start.md
-	$(BIN)/python -m include.bench.jvm_start --rounds $(if $(QUICK),1,3) --out $(BENCH_OUT)/jvm_start.md
+	$(BIN)/python -m include.bench.jvm_start --rounds $(if $(QUICK),1 --options short,3) --out $(BENCH_OUT)/jvm_start.md
 
 # The GPU benchmark (ResNet-50, 224 px, float16): Rescore's job against a pure-PyTorch loop on
 # the same GPU, results in docs/benchmarks/gpu/ with the device named (BENCH_GPU_ARGS=--help).

@@ -13,6 +13,8 @@ driver and workers). The ways alternate within each round, for two sets of JVM o
 
 each without and with ``-XX:SharedArchiveFile`` naming the archive of
 :mod:`include.jvm_archive` (made first if missing; the time to make it is reported apart).
+``--options short`` measures the first set only, as ``make bench QUICK=1`` does: its four jobs
+of a round take about 35 s on 2 cores, half of them the ``default`` set's.
 """
 
 from __future__ import annotations
@@ -166,7 +168,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     run_job(OPTION_SETS["short"])  # untimed: the page cache holds the jars and the archive from here on
     rounds = []
     for i in range(args.rounds):
-        for options, base in OPTION_SETS.items():
+        for options in args.options:
+            base = OPTION_SETS[options]
             ways = ARCHIVE if i % 2 == 0 else tuple(reversed(ARCHIVE))
             for way in ways:
                 opts = jvm_archive.with_archive(base, path) if way == "archive" else base
@@ -188,10 +191,26 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def option_sets(text: str) -> list[str]:
+    """``--options``: names of :data:`OPTION_SETS`, comma-separated, in the order given."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in OPTION_SETS]
+    if unknown or not names:
+        choices = ", ".join(OPTION_SETS)
+        raise argparse.ArgumentTypeError(f"unknown JVM option set {unknown or text!r}: choose from {choices}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jvm_start", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", default="docs/benchmarks/jvm_start.md", help="markdown file (JSON beside it)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each way, alternating (default 3)")
+    parser.add_argument(
+        "--options",
+        type=option_sets,
+        default=list(OPTION_SETS),
+        help=f"comma-separated JVM option sets to measure, of {', '.join(OPTION_SETS)} (default: all)",
+    )
     parser.add_argument("--note", default="dedicated machine", help="one line about the conditions of the run")
     parser.add_argument("--job", metavar="DIR", help=argparse.SUPPRESS)  # what spark-submit runs
     args = parser.parse_args(argv)

@@ -3,6 +3,8 @@ by hand."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,3 +72,42 @@ def test_the_page_has_a_row_per_way_and_the_ratios() -> None:
     assert "job time **0.64x**, CPU **0.64x** (5.0 CPU s less per job)" in page
     assert "179 MiB (made in 21.3 s for this run" in page
     assert "- machine: AMD EPYC, 2 cores; Python 3.11.7, Java 17, pyspark 4.2.0" in page
+
+
+def test_only_the_option_sets_asked_for_are_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from include import jvm_archive
+    from include.bench import jvm_start
+
+    archive = tmp_path / "spark-driver-x.jsa"
+    archive.write_bytes(b"\0" * 1024)
+    monkeypatch.setattr(jvm_archive, "archive_path", lambda: archive)
+    submitted: list[str] = []
+
+    def run_job(options: str) -> dict[str, float]:
+        submitted.append(options)
+        return {"seconds": 1.0, "cpu_s": 1.0}
+
+    monkeypatch.setattr(jvm_start, "run_job", run_job)
+
+    assert jvm_start.main(["--options", "short", "--rounds", "2", "--out", str(tmp_path / "start.md")]) == 0
+
+    rounds = json.loads((tmp_path / "start.json").read_text())["rounds"]
+    assert [(r["options"], r["archive"]) for r in rounds] == [
+        ("short", "none"),
+        ("short", "archive"),
+        ("short", "archive"),
+        ("short", "none"),
+    ]
+    # the untimed first job, then 4 timed: none of them with the JVM's default options (empty)
+    assert len(submitted) == 5 and all("TieredStopAtLevel=1" in options for options in submitted)
+    page = (tmp_path / "start.md").read_text()
+    assert "short jobs" in page and "the JVM's defaults" not in page
+
+
+def test_an_unknown_option_set_is_refused_with_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    from include.bench import jvm_start
+
+    with pytest.raises(SystemExit):
+        jvm_start.main(["--options", "short,fast"])
+
+    assert "unknown JVM option set ['fast']: choose from short, default" in capsys.readouterr().err
