@@ -13,8 +13,8 @@ driver and workers). The ways alternate within each round, for two sets of JVM o
 
 each without and with ``-XX:SharedArchiveFile`` naming the archive of
 :mod:`include.jvm_archive` (made first if missing; the time to make it is reported apart).
-``--options short`` measures the first set only, as ``make bench QUICK=1`` does: its four jobs
-of a round take about 35 s on 2 cores, half of them the ``default`` set's.
+``--options short`` measures the first set only, as ``make bench QUICK=1`` does: a round of the
+four jobs took 29-33 s on a 2-core Xeon, 16-18 s of it the ``default`` set's.
 """
 
 from __future__ import annotations
