@@ -36,7 +36,18 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from spark_jobs.contract import RescorePaths, default_home
-from spark_jobs.session import CACHED_PLAN_COALESCING, JobError, get_spark, path_exists, read_table, run_main
+from spark_jobs.session import (
+    CACHED_PLAN_COALESCING,
+    LISTING_TASKS,
+    OPEN_COST,
+    SMALL_FILE_OPEN_COST,
+    JobError,
+    get_spark,
+    listing_tasks,
+    path_exists,
+    read_table,
+    run_main,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,7 +82,6 @@ BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, cont
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
 DEFAULT_MAX_FILES_PER_BATCH = 10_000
-SMALL_FILE_OPEN_COST = 64 * 1024
 #: Parquet row group size of the images table. Spark splits a scan at row groups, and scoring reads
 #: the table without a shuffle: a 64 MB file of one row group would be scored by one task, however
 #: many GPUs wait. The writer checks the size from the 4th row on (Parquet's default is the 100th:
@@ -559,10 +569,6 @@ def check_checkpoint(spark: SparkSession, checkpoint: str, paths: RescorePaths, 
         )
 
 
-def _listing_tasks(spark: SparkSession) -> int:
-    return max(2, spark.sparkContext.defaultParallelism)
-
-
 def ingest_landing(
     spark: SparkSession,
     *,
@@ -594,9 +600,9 @@ def ingest_landing(
     check_checkpoint(spark, checkpoint, paths)
     # Each micro-batch lists its files as separate paths; Spark's default turns that into one
     # listing task per file (thousands of tasks). A few tasks do the same work.
-    spark.conf.set("spark.sql.sources.parallelPartitionDiscovery.parallelism", str(_listing_tasks(spark)))
+    spark.conf.set(LISTING_TASKS, str(listing_tasks(spark)))
     # Images are small: Spark's 4 MB per-file open cost would split 2,000 files into ~60 tiny tasks.
-    spark.conf.set("spark.sql.files.openCostInBytes", str(SMALL_FILE_OPEN_COST))
+    spark.conf.set(OPEN_COST, str(SMALL_FILE_OPEN_COST))
     # A batch's de-duplicated images are cached (they are counted, then written) and a cached plan
     # keeps spark.sql.shuffle.partitions (200) unless adaptive execution may coalesce it: 100
     # images then ran 200-task stages and landed as ~80 files of one or two images each (600 images

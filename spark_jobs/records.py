@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from spark_jobs.contract import RescorePaths
 from spark_jobs.ingest import DEFAULT_MAX_FILES_PER_BATCH, local_path
-from spark_jobs.session import JobError, read_table
+from spark_jobs.session import LISTING_TASKS, JobError, listing_tasks, read_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -406,7 +406,7 @@ def ingest_records(
     """
     from pyspark.sql import functions as F
 
-    from spark_jobs.ingest import _listing_tasks, check_checkpoint
+    from spark_jobs.ingest import check_checkpoint
 
     if source not in SOURCES or source == "images":
         raise JobError(f"unknown record --source {source!r}: use one of {', '.join(SOURCES[1:])}")
@@ -417,7 +417,7 @@ def ingest_records(
     rejects_target = f"{paths.records}/{table_name}_rejects"
     checkpoint = checkpoint or f"{paths.checkpoints}/records-{table_name}"
     check_checkpoint(spark, checkpoint, RescorePaths(paths.home), table=target)
-    spark.conf.set("spark.sql.sources.parallelPartitionDiscovery.parallelism", str(_listing_tasks(spark)))
+    spark.conf.set(LISTING_TASKS, str(listing_tasks(spark)))
     existing = read_table(spark, target)
 
     options: dict[str, str] = {"maxFilesPerTrigger": str(max_files_per_batch)}

@@ -6,14 +6,13 @@ zip; spark-submit's own daemon setting, or its own list of modules, wins."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from rescore_airflow.packaging import build_spark_jobs_zip
+from tests.spark._submitted import run_submitted
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -57,19 +56,10 @@ def test_a_python_worker_starts_with_torch_imported_by_the_daemon(tmp_path: Path
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in paths if p and not Path(p).resolve().is_relative_to(ROOT)),
-        "PYSPARK_SUBMIT_ARGS": f"--master local[1] {conf} --driver-java-options -Dspark.ui.enabled=false pyspark-shell",
     }
 
     # When a task runs in a fresh Python worker
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(zip=str(archive))],
-        check=False,
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_submitted(_PROBE.format(zip=str(archive)), f"--master local[1] {conf}", env=env, cwd=tmp_path)
 
     # Then the worker found PyTorch imported (and frozen) by the daemon, unless spark-submit chose otherwise
     assert done.returncode == 0, done.stderr[-3000:]
