@@ -211,16 +211,21 @@ def rescore_spark(
     device_lock: Path | None = None,
     tasks: int = 1,
     max_bytes: int | None = None,
+    files_read_by_udf: bool = False,
 ) -> Path:
     """Rescore's scoring job on ``binaryFile`` to Parquet: one task at a time on the GPU,
     ``workers`` decoding threads. ``device`` is the job's ``--device``: ``auto`` takes the GPU
     Spark assigned to the task; ``simulate_ms``: the tasks score with a :class:`SimulatedAccelerator`,
     one device shared through ``device_lock`` by the tasks that run at once.
     The files are read as ``tasks`` partitions of about equal image counts (``max_bytes``: their
-    :func:`include.bench.methods.split_bytes`, worked out before timing). Returns the output folder."""
-    from spark_jobs.score import ScoringOptions, score_images
+    :func:`include.bench.methods.split_bytes`, worked out before timing). ``files_read_by_udf``: Spark
+    only lists the files and the UDF reads them (:func:`spark_jobs.score.read_by_udf`), as the CPU
+    benchmark's Rescore method does. Returns the output folder."""
+    from spark_jobs.score import ScoringOptions, read_by_udf, score_images
 
     images = read_files(spark, folder, partitions=tasks, max_bytes=max_bytes)
+    if files_read_by_udf:
+        images = read_by_udf(images)
     payload = spark.sparkContext.broadcast({"manifest": version.manifest.to_dict(), "weights": version.weights})
     options = ScoringOptions(
         batch_size=batch_size,
@@ -442,6 +447,8 @@ def _spark_line(spark: dict[str, Any] | None) -> str:
     if "images_per_task" in spark:
         tasks = spark["tasks_per_run"]
         split = f"; {tasks} task{'' if tasks == 1 else 's'} per run (up to {spark['images_per_task']:,} images each)"
+    if spark.get("files_read_by_udf"):
+        split += "; the UDF reads the files (`--read-by-udf`), Spark lists them"
     tasks = spark.get("tasks_at_a_time", 1)
     if spark["mode"] == "local":
         at_once = "one task at a time" if tasks == 1 else f"{tasks} tasks at a time sharing the device"
@@ -509,6 +516,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --cluster or --simulate-gpu: tasks running at a time on the executor, each with --workers / N "
         "cores and a 1/N share of the GPU (spark.task.resource.gpu.amount; a simulated device is shared through "
         "a lock file), so one task's start overlaps another's work",
+    )
+    parser.add_argument(
+        "--read-by-udf",
+        action="store_true",
+        help="the Spark job's UDF reads the files itself and Spark only lists them (spark_jobs.score.read_by_udf, "
+        "as the CPU benchmark's Rescore method): the bytes skip the JVM; default: through Spark's binaryFile",
     )
     parser.add_argument(
         "--gpu-discovery", type=Path, default=None, help="the worker's GPU discovery script (default: nvidia-smi's)"
@@ -585,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                 device_lock=workdir / "simulated-device.lock",
                 tasks=planned_tasks,
                 max_bytes=max_bytes,
+                files_read_by_udf=args.read_by_udf,
             )
             spark_info = {
                 "mode": "standalone" if args.cluster else "local",
@@ -593,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
                 "executor_gpus": gpus,
                 "tasks_at_a_time": tasks,
                 "images_per_task": args.images_per_task,
+                "files_read_by_udf": args.read_by_udf,
                 # as Spark plans the read (what the job's tasks get), not as asked
                 "tasks_per_run": read_files(spark, folder, planned_tasks, max_bytes=max_bytes).rdd.getNumPartitions(),
                 "job_device": job_device,

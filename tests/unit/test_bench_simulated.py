@@ -100,10 +100,11 @@ def test_it_refuses_a_negative_time_and_a_batch_that_is_not_four_dimensional() -
 def test_the_gpu_harness_rehearses_every_method_with_a_simulated_accelerator(tmp_path: Path) -> None:
     """`--simulate-gpu` on a machine without CUDA: the loop, Rescore's UDF body and its Spark job
     (which takes its GPU path: a task on ``cuda:0`` sends 8-bit pixels; two tasks at a time share
-    the one simulated device) all score with the simulated accelerator, agree with each other, and
-    the report says that no GPU ran."""
+    the one simulated device; its UDF reads the files, ``--read-by-udf``) all score with the
+    simulated accelerator, agree with each other, and the report says that no GPU ran."""
     args = ["--simulate-gpu", "0.2", "--images", "10", "--batch-size", "4", "--workers", "2", "--rounds", "1"]
-    results, readme = run_gpu_harness(tmp_path, *args, "--images-per-task", "4", "--tasks-per-gpu", "2")
+    spark_args = ["--images-per-task", "4", "--tasks-per-gpu", "2", "--read-by-udf"]
+    results, readme = run_gpu_harness(tmp_path, *args, *spark_args)
 
     assert results["simulated_ms_per_image"] == 0.2
     assert results["device"] == "cuda:0"
@@ -121,9 +122,10 @@ def test_the_gpu_harness_rehearses_every_method_with_a_simulated_accelerator(tmp
     assert readme.startswith("# GPU benchmark rehearsed on the CPU (simulated accelerator)")
     assert "No GPU ran this" in readme
     assert (
-        "local mode, 2 tasks at a time sharing the device, `--device cuda`; 3 tasks per run (up to 4 images each)"
-        in readme
+        "local mode, 2 tasks at a time sharing the device, `--device cuda`; 3 tasks per run (up to 4 images each); "
+        "the UDF reads the files (`--read-by-udf`), Spark lists them" in readme
     )
+    assert results["spark"]["files_read_by_udf"] is True
     assert "Rehearsal against the target: Rescore's job at least 0.8 of the PyTorch loop" in readme
 
 
