@@ -19,7 +19,9 @@ or doubled whatever moment the job is killed:
    the journal.
 
 The score job's ``--force`` swaps a rebuilt partition in through the same journal
-(:func:`stage_swap`, then :func:`roll_forward`).
+(:func:`stage_swap`, then :func:`roll_forward`), and ingest merges runs of its committed
+``ingest_batch=<id>`` partitions with it (:func:`merge_batches`: the journal then also lists the
+other batches' files, ``old_elsewhere``, whose folders go once empty).
 
 A job killed before the journal exists leaves only its staging folder (the partition is as it
 was); a journal left behind is finished by the next compaction of the table (:func:`finish_interrupted`,
@@ -149,6 +151,15 @@ def roll_forward(spark: SparkSession, table: str, journal_name: str) -> dict[str
         old = in_partition(partition_path, name)
         if not fs.delete(old, False) and fs.exists(old):  # False also when deleted before the interruption
             raise JobError(f"could not delete {partition}/{name} after compacting it: check permissions on {table}")
+    # A merge of ingest batches: the other batches' files, then their folders once no data file is left
+    elsewhere = [str(relative) for relative in entry.get("old_elsewhere", [])]
+    for relative in elsewhere:
+        _, old = hadoop_fs(spark, f"{table}/{relative}")
+        if not fs.delete(old, False) and fs.exists(old):
+            raise JobError(f"could not delete {table}/{relative} after merging it: check permissions on {table}")
+    for folder in sorted({relative.rsplit("/", 1)[0] for relative in elsewhere}):
+        if folder != entry["partition"] and not data_files(spark, f"{table}/{folder}"):
+            fs.delete(hadoop_fs(spark, f"{table}/{folder}")[1], True)
     fs.delete(staging_path, True)
     fs.delete(journal, False)
     return entry
@@ -231,7 +242,6 @@ def stage_compaction(
     from pyspark.sql import functions as F
 
     total = sum(size for _, size in old)
-    files = max(1, math.ceil(total / target_bytes))
     # The folder read whole and filtered by file name: with 2,000 files, listing each file as a
     # path of its own took 12.6-21.5 s to plan and the folder 1.7-2.8 s. Files that land after
     # the listing are filtered out.
@@ -239,26 +249,45 @@ def stage_compaction(
     # mergeSchema: without it Spark takes the columns of one file, and a partition whose older
     # files lack a column (top_k, embedding) would lose it from every row it rewrites.
     rows = conform(spark.read.option("mergeSchema", "true").parquet(f"{table}/{partition}").where(chosen))
-    # Merging the read's splits keeps the rows in the order they were written, without a shuffle;
-    # a read in fewer splits than files wanted (a target below spark.sql.files.maxPartitionBytes)
-    # is spread round robin instead.
-    rows = rows.coalesce(files) if rows.rdd.getNumPartitions() >= files else rows.repartition(files)
-    return stage_swap(spark, table, partition, [name for name, _ in old], rows)
+    return stage_swap(spark, table, partition, [name for name, _ in old], _in_files(rows, total, target_bytes))
 
 
-def stage_swap(spark: SparkSession, table: str, partition: str, old: list[str], rows: DataFrame) -> str:
+def _in_files(rows: DataFrame, total_bytes: int, target_bytes: int) -> DataFrame:
+    """``rows`` in as many partitions (files written) as make files of about ``target_bytes``.
+
+    Merging the read's splits keeps the rows in the order they were written, without a shuffle;
+    a read in fewer splits than files wanted (a target below spark.sql.files.maxPartitionBytes)
+    is spread round robin instead."""
+    files = max(1, math.ceil(total_bytes / target_bytes))
+    return rows.coalesce(files) if rows.rdd.getNumPartitions() >= files else rows.repartition(files)
+
+
+def stage_swap(
+    spark: SparkSession,
+    table: str,
+    partition: str,
+    old: list[str],
+    rows: DataFrame,
+    *,
+    old_elsewhere: list[str] | None = None,
+    options: dict[str, str] | None = None,
+) -> str:
     """Write ``rows`` under a staging folder of ``table`` and the journal that swaps them in for
     the files ``old`` of ``table/partition`` (steps 1 and 2; :func:`roll_forward` does step 3).
-    Returns the journal's name (in ``table``)."""
+    ``old_elsewhere``: files of other partitions that the rows replace too (paths in ``table``;
+    their folders go once empty); ``options``: the Parquet writer's. Returns the journal's name
+    (in ``table``)."""
     token = uuid.uuid4().hex[:12]
     staging = f"{STAGING_PREFIX}{token}"
-    rows.write.mode("overwrite").parquet(f"{table}/{staging}")
+    rows.write.mode("overwrite").options(**(options or {})).parquet(f"{table}/{staging}")
     new = [name for name, _ in data_files(spark, f"{table}/{staging}")]
     clash = set(new) & {name for name, _ in data_files(spark, f"{table}/{partition}")}
     if clash:  # Spark names files with a random UUID per job; never overwrite a partition's file
         raise JobError(f"new file names {sorted(clash)} already exist in {table}/{partition}: run again")
     journal = f"{JOURNAL_PREFIX}{token}.json"
-    entry = {"partition": partition, "staging": staging, "new": new, "old": old}
+    entry: dict[str, Any] = {"partition": partition, "staging": staging, "new": new, "old": old}
+    if old_elsewhere:
+        entry["old_elsewhere"] = old_elsewhere
     _write_text(spark, f"{table}/{journal}", json.dumps(entry, indent=1))
     return journal
 
@@ -299,3 +328,130 @@ def compact_partition(
         done.files_after,
     )
     return done
+
+
+#: The partition folders that ingest writes, one per micro-batch of its stream.
+BATCH_PREFIX = "ingest_batch="
+#: Merge a run of small consecutive ingest batches once it holds this many (``--merge-batches``).
+MERGE_BATCHES = 16
+
+
+@dataclass(frozen=True)
+class BatchMerge:
+    """What one merge of consecutive ingest batches did."""
+
+    into: str  # the partition that holds the rows now: the last batch's
+    batches: int
+    files_before: int
+    files_after: int
+    bytes_before: int
+
+
+def batch_folders(spark: SparkSession, table: str) -> dict[int, list[tuple[str, int]]]:
+    """Each ``ingest_batch=<id>`` folder of ``table``: its id -> (name, bytes) of its data files,
+    from one recursive listing (one request per page of keys on an object store, not per folder)."""
+    fs, root = hadoop_fs(spark, table)
+    if not fs.exists(root):
+        return {}
+    prefix = str(fs.makeQualified(root).toUri().getPath()).rstrip("/") + "/"
+    folders: dict[int, list[tuple[str, int]]] = {}
+    listing = fs.listFiles(root, True)
+    while listing.hasNext():
+        status = listing.next()
+        relative = str(status.getPath().toUri().getPath())[len(prefix) :]
+        parts = relative.split("/")
+        if len(parts) != 2 or not parts[0].startswith(BATCH_PREFIX) or not _is_data(parts[1]):
+            continue
+        batch = parts[0][len(BATCH_PREFIX) :]
+        if batch.isdigit():
+            folders.setdefault(int(batch), []).append((parts[1], int(status.getLen())))
+    return {batch: sorted(files) for batch, files in sorted(folders.items())}
+
+
+def plan_merges(
+    folders: dict[int, list[tuple[str, int]]], *, up_to_batch: int, min_batches: int, target_bytes: int
+) -> list[list[int]]:
+    """Runs of consecutive batch folders to merge, each into one partition of at most
+    ``target_bytes``: folders of batches up to ``up_to_batch`` smaller than ``target_bytes``,
+    taken in order while their sum fits; a run is merged once it holds ``min_batches`` folders.
+    A larger folder, a batch past ``up_to_batch`` (not committed yet) or a full run ends a run."""
+    runs: list[list[int]] = []
+    run: list[int] = []
+    size = 0
+    for batch, files in sorted(folders.items()):
+        folder_bytes = sum(b for _, b in files)
+        if batch > up_to_batch or folder_bytes >= target_bytes or size + folder_bytes > target_bytes:
+            if len(run) >= min_batches:
+                runs.append(run)
+            run, size = [], 0
+            if batch > up_to_batch or folder_bytes >= target_bytes:
+                continue
+        run.append(batch)
+        size += folder_bytes
+    if len(run) >= min_batches:
+        runs.append(run)
+    return runs
+
+
+def merge_batches(
+    spark: SparkSession,
+    table: str,
+    *,
+    up_to_batch: int,
+    min_batches: int = MERGE_BATCHES,
+    target_bytes: int = TARGET_FILE_BYTES,
+    options: dict[str, str] | None = None,
+) -> list[BatchMerge]:
+    """Merge runs of small consecutive ``ingest_batch=<id>`` partitions of ``table`` (batches up to
+    ``up_to_batch``: those the stream's checkpoint has committed, which no replay rewrites) into
+    the last batch's partition of each run, through the same journal as :func:`compact_partition`:
+    nothing is lost or doubled whatever moment the job is killed (the next run finishes it).
+
+    Every batch's own partition is what makes a replayed micro-batch overwrite instead of
+    duplicate; once committed it is never written again, so its rows can move. They keep their
+    columns (``ingested_at``, ``ingest_run``); ``ingest_batch`` then reads the run's last batch id,
+    still below every later batch's (ingest's duplicate check reads the batches before its own).
+    ``min_batches`` 0: never. ``options``: the table's Parquet writer options."""
+    from pyspark.sql import functions as F
+
+    if min_batches <= 0:
+        return []
+    if target_bytes < 1:
+        raise JobError(f"the merged partition size must be at least 1 byte, got {target_bytes}")
+    finish_interrupted(spark, table)
+    folders = batch_folders(spark, table)
+    merges = []
+    for run in plan_merges(
+        folders, up_to_batch=up_to_batch, min_batches=max(2, min_batches), target_bytes=target_bytes
+    ):
+        into = f"{BATCH_PREFIX}{run[-1]}"
+        names = [name for batch in run for name, _ in folders[batch]]
+        total = sum(size for batch in run for _, size in folders[batch])
+        rows = (
+            spark.read.option("basePath", table)
+            .option("mergeSchema", "true")
+            .parquet(*[f"{table}/{BATCH_PREFIX}{batch}" for batch in run])
+            .where(F.col("_metadata.file_name").isin(names))
+            .drop("ingest_batch")
+        )
+        journal = stage_swap(
+            spark,
+            table,
+            into,
+            [name for name, _ in folders[run[-1]]],
+            _in_files(rows, total, target_bytes),
+            old_elsewhere=[f"{BATCH_PREFIX}{batch}/{name}" for batch in run[:-1] for name, _ in folders[batch]],
+            options=options,
+        )
+        entry = roll_forward(spark, table, journal)
+        if entry is None:
+            raise JobError(f"the journal {table}/{journal} of this merge vanished: another job deleted it")
+        merges.append(
+            BatchMerge(
+                into=into, batches=len(run), files_before=len(names), files_after=len(entry["new"]), bytes_before=total
+            )
+        )
+        log.info(
+            "merged %d ingest batches of %s (%.1f MB, %d files) into %s", len(run), table, total / 1e6, len(names), into
+        )
+    return merges

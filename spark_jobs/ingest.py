@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
+from spark_jobs.compaction import MERGE_BATCHES, BatchMerge, finish_interrupted, merge_batches
 from spark_jobs.contract import RescorePaths, default_home
 from spark_jobs.session import (
     CACHED_PLAN_COALESCING,
@@ -43,6 +44,7 @@ from spark_jobs.session import (
     SMALL_FILE_OPEN_COST,
     JobError,
     get_spark,
+    list_files,
     listing_tasks,
     path_exists,
     read_table,
@@ -485,8 +487,9 @@ def write_batch(
         # Materialised before this batch's partition is (re)written, as it reads the same table.
         images = images.persist()
         accepted_count = images.count()
-        writer = images.write.mode("overwrite").option("parquet.block.size", str(IMAGES_ROW_GROUP_BYTES))
-        writer.option("parquet.page.size.row.check.min", "4").parquet(f"{paths.images}/ingest_batch={batch_id}")
+        images.write.mode("overwrite").options(**images_writer_options()).parquet(
+            f"{paths.images}/ingest_batch={batch_id}"
+        )
         images.unpersist()
         accepted.select(*_COLUMNS["image_paths"]).write.mode("overwrite").parquet(
             f"{paths.image_paths}/ingest_batch={batch_id}"
@@ -583,6 +586,7 @@ def ingest_landing(
     modified_after: datetime | None = None,
     max_files_per_batch: int = DEFAULT_MAX_FILES_PER_BATCH,
     max_file_age: str = DEFAULT_MAX_FILE_AGE,
+    merge_min_batches: int = MERGE_BATCHES,
     after_batch_written: Callable[[int], None] | None = None,
 ) -> IngestCounts:
     """Take every file that arrived in ``landing`` since the last run (per ``checkpoint``).
@@ -591,6 +595,8 @@ def ingest_landing(
     :param recursive: descend into sub-folders.
     :param modified_after: files modified at or before this time are consumed but not ingested
         (counted as skipped); Spark's ``modifiedAfter`` option is not allowed on streams.
+    :param merge_min_batches: once the stream has committed its batches, runs of this many small
+        consecutive batch partitions are merged (:func:`merge_ingested_batches`; 0: never).
     :param after_batch_written: called with the batch id once its tables are written and before the
         checkpoint commits it (tests use it to land files mid-run or to simulate a crash).
     """
@@ -598,6 +604,8 @@ def ingest_landing(
     from pyspark.sql import functions as F
 
     check_checkpoint(spark, checkpoint, paths)
+    for table in (paths.images, paths.image_paths, paths.rejects):
+        finish_interrupted(spark, table)  # a merge killed half way must not leave rows twice
     # Each micro-batch lists its files as separate paths; Spark's default turns that into one
     # listing task per file (thousands of tasks). A few tasks do the same work.
     spark.conf.set(LISTING_TASKS, str(listing_tasks(spark)))
@@ -660,7 +668,36 @@ def ingest_landing(
                 f"checkpoint {checkpoint} is unreadable ({message.splitlines()[0]}): restore it from a backup"
             ) from exc
         raise
+    merge_ingested_batches(spark, paths, checkpoint, min_batches=merge_min_batches)
     return total
+
+
+def images_writer_options() -> dict[str, str]:
+    """The images table's Parquet writer options: row groups of :data:`IMAGES_ROW_GROUP_BYTES`."""
+    return {"parquet.block.size": str(IMAGES_ROW_GROUP_BYTES), "parquet.page.size.row.check.min": "4"}
+
+
+def last_committed_batch(spark: SparkSession, checkpoint: str) -> int | None:
+    """The id of the last micro-batch the stream's checkpoint has committed (its ``commits`` log)."""
+    ids = [int(name) for name, _ in list_files(spark, f"{checkpoint}/commits") if name.isdigit()]
+    return max(ids, default=None)
+
+
+def merge_ingested_batches(
+    spark: SparkSession, paths: RescorePaths, checkpoint: str, *, min_batches: int = MERGE_BATCHES
+) -> list[BatchMerge]:
+    """Merge runs of ``min_batches`` small consecutive batch partitions of ``images``,
+    ``image_paths`` and ``rejects``, among the batches the checkpoint has committed
+    (:func:`spark_jobs.compaction.merge_batches`; docs/ingest.md, "Many ingest batches")."""
+    up_to = last_committed_batch(spark, checkpoint)
+    if up_to is None or min_batches <= 0:
+        return []
+    merges = merge_batches(
+        spark, paths.images, up_to_batch=up_to, min_batches=min_batches, options=images_writer_options()
+    )
+    for table in (paths.image_paths, paths.rejects):
+        merges += merge_batches(spark, table, up_to_batch=up_to, min_batches=min_batches)
+    return merges
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -700,6 +737,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="files per micro-batch (Spark's maxFilesPerTrigger; default %(default)s): a run takes every new "
         "file in as many batches as it needs, and the driver holds one batch's file listing at a time",
     )
+    parser.add_argument(
+        "--merge-batches",
+        type=int,
+        default=MERGE_BATCHES,
+        help="after the run, merge each run of this many small consecutive ingest-batch partitions of the images, "
+        "image_paths and rejects tables into one (default %(default)s; 0: never): every batch writes its own "
+        "partition, and a table of thousands of them is slow to read",
+    )
     return parser.parse_args(argv)
 
 
@@ -716,6 +761,8 @@ def _main(argv: list[str] | None) -> int:
     ):
         if value <= 0:
             raise JobError(f"{option} {value} must be a positive number")
+    if args.merge_batches < 0:
+        raise JobError(f"--merge-batches {args.merge_batches} must be 0 (never merge) or more")
     paths = RescorePaths(args.home)
     landing = args.landing or paths.landing
     modified_after = parse_timestamp(args.modified_after) if args.modified_after else None
@@ -748,6 +795,7 @@ def _main(argv: list[str] | None) -> int:
         recursive=not args.no_recursive,
         modified_after=modified_after,
         max_files_per_batch=args.max_files_per_batch,
+        merge_min_batches=args.merge_batches,
     )
     elapsed = time.perf_counter() - started
     if counts.seen == 0:

@@ -105,6 +105,8 @@ class IngestImagesOperator(RescoreSparkSubmitOperator):
     :param recursive: descend into sub-folders of the landing folder (default True).
     :param modified_after: ignore files modified at or before this ISO 8601 time (templated).
     :param max_files_per_batch: files per micro-batch (each batch is one partition of the tables).
+    :param merge_batches: images: merge each run of this many small consecutive batch partitions
+        once the run has committed them (0: never; default: the job's, 16).
     """
 
     job = "ingest"
@@ -131,6 +133,7 @@ class IngestImagesOperator(RescoreSparkSubmitOperator):
         recursive: bool = True,
         modified_after: str | None = None,
         max_files_per_batch: int | None = None,
+        merge_batches: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -145,6 +148,7 @@ class IngestImagesOperator(RescoreSparkSubmitOperator):
         self.recursive = recursive
         self.modified_after = modified_after
         self.max_files_per_batch = max_files_per_batch
+        self.merge_batches = merge_batches
 
     def job_arguments(self) -> list[str]:
         args = super().job_arguments()
@@ -170,6 +174,8 @@ class IngestImagesOperator(RescoreSparkSubmitOperator):
             args += ["--modified-after", self.modified_after]
         if self.max_files_per_batch is not None:
             args += ["--max-files-per-batch", str(self.max_files_per_batch)]
+        if self.merge_batches is not None:
+            args += ["--merge-batches", str(self.merge_batches)]
         return args
 
 

@@ -64,6 +64,7 @@ def test_ingest_operator_passes_every_stream_and_source_option() -> None:
         recursive=False,
         modified_after="2026-01-01",
         max_files_per_batch=500,
+        merge_batches=0,
     )
     # When the command is built
     cmd = op.spark_submit_command()
@@ -82,6 +83,7 @@ def test_ingest_operator_passes_every_stream_and_source_option() -> None:
         "--no-recursive",
         "--modified-after", "2026-01-01",
         "--max-files-per-batch", "500",
+        "--merge-batches", "0",
     ]  # fmt: skip
     assert {"landing", "path_glob", "modified_after"} <= set(op.template_fields)
 

@@ -280,3 +280,97 @@ def test_a_batch_is_checked_against_the_table_without_shuffling_the_tables_ids(
     assert [(r["image_id"], r["path"]) for r in rows] == [("new-1", "file:/l/b.png")]
     assert stages.table_rows == 50_000
     assert stages.shuffle_bytes < 100_000
+
+
+def _land_one_batch_each(landing: Path, names_and_data: list[tuple[str, bytes]]) -> None:
+    """Land files with distinct times, oldest first, so that one file per batch keeps their order."""
+    import time
+
+    for i, (name, data) in enumerate(names_and_data):
+        path = _land(landing, name, data)
+        os.utime(path, (time.time() - 100 + i, time.time() - 100 + i))
+
+
+def _batch_folders(home: Path, table: str) -> list[str]:
+    return sorted(p.name for p in (home / "warehouse" / table).iterdir() if p.name.startswith("ingest_batch="))
+
+
+def _without_batch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(({k: v for k, v in r.items() if k != "ingest_batch"} for r in rows), key=lambda r: r["path"])
+
+
+_TABLES = ("images", "image_paths", "rejects")
+
+
+def test_merged_batches_keep_every_row_once_and_later_batches_still_see_their_images(
+    spark: SparkSession, rescore_home: Path
+) -> None:
+    from spark_jobs.contract import RescorePaths
+    from spark_jobs.ingest import merge_ingested_batches
+
+    # Given five batches of one file each: four images (one a copy of another) and a reject
+    files = [("a.png", _png(1)), ("b.png", _png(2)), ("c.png", _png(3)), ("d-copy-of-a.png", _png(1))]
+    _land_one_batch_each(rescore_home / "landing", [*files, ("e.txt", b"not an image")])
+    _ingest(spark, rescore_home, max_files_per_batch=1, merge_min_batches=0)
+    before = {t: _table(spark, rescore_home, t) for t in _TABLES}
+    assert _batch_folders(rescore_home, "images") == [f"ingest_batch={b}" for b in range(5)]
+
+    # When the committed batches are merged in runs of at least 3
+    paths = RescorePaths(str(rescore_home))
+    merges = merge_ingested_batches(spark, paths, f"{paths.checkpoints}/ingest", min_batches=3)
+
+    # Then each table keeps its rows, once, in one partition: the last batch's
+    assert [(m.into, m.batches) for m in merges] == [("ingest_batch=4", 5)] * 3
+    after = {t: _table(spark, rescore_home, t) for t in _TABLES}
+    for table in _TABLES:
+        assert _batch_folders(rescore_home, table) == ["ingest_batch=4"]
+        assert _without_batch(after[table]) == _without_batch(before[table])
+        assert {r["ingest_batch"] for r in after[table]} == {"4"}
+        leftovers = [p.name for p in (rescore_home / "warehouse" / table).iterdir() if p.name.startswith("_")]
+        assert leftovers == [], f"{table}: {leftovers}"
+    assert _names(after["images"]) == ["a.png", "b.png", "c.png"]
+    assert _names(after["rejects"]) == ["e.txt"]
+
+    # And a later run still finds the merged images: a copy of b.png is a duplicate, f.png is new
+    _land_one_batch_each(rescore_home / "landing", [("f.png", _png(6)), ("g-copy-of-b.png", _png(2))])
+    later = _ingest(spark, rescore_home, run_id="run-2", merge_min_batches=3)
+    assert (later.seen, later.accepted, later.duplicates) == (2, 1, 1)
+    assert _names(_table(spark, rescore_home, "images")) == ["a.png", "b.png", "c.png", "f.png"]
+    assert _batch_folders(rescore_home, "images") == ["ingest_batch=4", "ingest_batch=5"]
+
+
+def test_a_merge_killed_after_staging_its_rows_is_finished_by_the_next_run(
+    spark: SparkSession, rescore_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spark_jobs import compaction
+    from spark_jobs.contract import RescorePaths
+    from spark_jobs.ingest import merge_ingested_batches
+
+    # Given four batches, and a merge whose job dies once its rows and journal are written
+    files = [(f"{name}.png", _png(shade)) for name, shade in (("a", 1), ("b", 2), ("c", 3), ("d", 4))]
+    _land_one_batch_each(rescore_home / "landing", files)
+    _ingest(spark, rescore_home, max_files_per_batch=1, merge_min_batches=0)
+    before = {t: _table(spark, rescore_home, t) for t in _TABLES}
+
+    def killed(*_: object) -> None:
+        raise RuntimeError("simulated kill before the swap")
+
+    monkeypatch.setattr(compaction, "roll_forward", killed)
+    paths = RescorePaths(str(rescore_home))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        merge_ingested_batches(spark, paths, f"{paths.checkpoints}/ingest", min_batches=2)
+    monkeypatch.undo()
+    journals = sorted((rescore_home / "warehouse" / "images").glob("_compaction-*.json"))
+    assert len(journals) == 1
+    # readers meanwhile see the table as it was: the merged rows are only staged
+    assert _table(spark, rescore_home, "images") == before["images"]
+
+    # When the next ingest run starts (nothing new has landed)
+    again = _ingest(spark, rescore_home, run_id="run-2")
+
+    # Then it finished the merge: every image once, in the last batch's partition, no journal left
+    assert again.seen == 0
+    assert _without_batch(_table(spark, rescore_home, "images")) == _without_batch(before["images"])
+    assert _batch_folders(rescore_home, "images") == ["ingest_batch=3"]
+    assert not list((rescore_home / "warehouse" / "images").glob("_compaction-*"))
+    assert not list((rescore_home / "warehouse" / "images").glob("_staging-*"))

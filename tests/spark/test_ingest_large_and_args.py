@@ -123,6 +123,7 @@ def test_an_unknown_source_lists_the_known_ones(rescore_home: Path, caplog: pyte
     [
         (["--max-pixels", "0"], "--max-pixels 0 must be a positive number"),
         (["--max-files-per-batch", "0"], "--max-files-per-batch 0 must be a positive number"),
+        (["--merge-batches", "-1"], "--merge-batches -1 must be 0 (never merge) or more"),
         (["--modified-after", "last tuesday"], "--modified-after 'last tuesday' is not a timestamp: use ISO 8601"),
     ],
 )
