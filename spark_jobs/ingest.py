@@ -741,9 +741,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--merge-batches",
         type=int,
         default=MERGE_BATCHES,
-        help="after the run, merge each run of this many small consecutive ingest-batch partitions of the images, "
-        "image_paths and rejects tables into one (default %(default)s; 0: never): every batch writes its own "
-        "partition, and a table of thousands of them is slow to read",
+        help="after the run, merge each run of this many small consecutive ingest-batch partitions of the tables "
+        "it writes into one (default %(default)s; 0: never): every batch writes its own partition, and a table "
+        "of thousands of them is slow to read",
     )
     return parser.parse_args(argv)
 
@@ -782,6 +782,8 @@ def _main(argv: list[str] | None) -> int:
             path_glob=args.path_glob,
             recursive=not args.no_recursive,
             path_column=args.path_column,
+            max_files_per_batch=args.max_files_per_batch,
+            merge_min_batches=args.merge_batches,
         )
     counts = ingest_landing(
         spark,

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
+from spark_jobs.compaction import MERGE_BATCHES, finish_interrupted, merge_batches
 from spark_jobs.contract import RescorePaths
 from spark_jobs.ingest import DEFAULT_MAX_FILES_PER_BATCH, local_path
 from spark_jobs.session import LISTING_TASKS, JobError, listing_tasks, read_table
@@ -397,16 +398,20 @@ def ingest_records(
     recursive: bool = True,
     path_column: str | None = None,
     max_files_per_batch: int = DEFAULT_MAX_FILES_PER_BATCH,
+    merge_min_batches: int = MERGE_BATCHES,
     after_batch_written: Callable[[int], None] | None = None,
 ) -> int:
     """Take every record file that arrived in ``landing`` since the last run into ``records/<name>``.
 
     :param name: the table's name under ``warehouse/records`` (default: the source type).
+    :param merge_min_batches: once the stream has committed its batches, runs of this many small
+        consecutive batch partitions of the table and its rejects are merged (0: never), as
+        ingest does for images (:func:`spark_jobs.compaction.merge_batches`).
     Returns the job's exit code (0).
     """
     from pyspark.sql import functions as F
 
-    from spark_jobs.ingest import check_checkpoint
+    from spark_jobs.ingest import check_checkpoint, last_committed_batch
 
     if source not in SOURCES or source == "images":
         raise JobError(f"unknown record --source {source!r}: use one of {', '.join(SOURCES[1:])}")
@@ -417,6 +422,8 @@ def ingest_records(
     rejects_target = f"{paths.records}/{table_name}_rejects"
     checkpoint = checkpoint or f"{paths.checkpoints}/records-{table_name}"
     check_checkpoint(spark, checkpoint, RescorePaths(paths.home), table=target)
+    for table in (target, rejects_target):
+        finish_interrupted(spark, table)  # a merge killed half way must not leave rows twice
     spark.conf.set(LISTING_TASKS, str(listing_tasks(spark)))
     existing = read_table(spark, target)
 
@@ -517,6 +524,10 @@ def ingest_records(
         .start()
     )
     query.awaitTermination()
+    up_to = last_committed_batch(spark, checkpoint)
+    if up_to is not None:
+        for table in (target, rejects_target):
+            merge_batches(spark, table, up_to_batch=up_to, min_batches=merge_min_batches)
     log.info(
         "ingest of %s done: %d files, %d rows into %s, %d files rejected (see %s)",
         source,

@@ -105,8 +105,8 @@ class IngestImagesOperator(RescoreSparkSubmitOperator):
     :param recursive: descend into sub-folders of the landing folder (default True).
     :param modified_after: ignore files modified at or before this ISO 8601 time (templated).
     :param max_files_per_batch: files per micro-batch (each batch is one partition of the tables).
-    :param merge_batches: images: merge each run of this many small consecutive batch partitions
-        once the run has committed them (0: never; default: the job's, 16).
+    :param merge_batches: merge each run of this many small consecutive batch partitions of the
+        tables once the run has committed them (0: never; default: the job's, 16).
     """
 
     job = "ingest"

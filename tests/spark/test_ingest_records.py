@@ -161,3 +161,39 @@ def test_a_missing_path_column_names_the_columns(
     assert rc == 2
     assert "--path-column 'path' is not a column of the tables in" in caplog.text
     assert "(columns: file, label)" in caplog.text
+
+
+def test_record_batches_follow_the_job_options_and_committed_ones_are_merged(
+    spark: SparkSession, rescore_home: Path
+) -> None:
+    import os
+    import time
+
+    from spark_jobs.ingest import main
+
+    # Given three JSON files landing one after another
+    landing = rescore_home / "landing"
+    landing.mkdir()
+    for n in range(3):
+        path = landing / f"part-{n}.json"
+        path.write_text(f'{{"n": {n}, "tag": "t{n}"}}\n{{"n": {10 + n}, "tag": "u{n}"}}\n')
+        os.utime(path, (time.time() - 100 + n, time.time() - 100 + n))
+    table = rescore_home / "warehouse" / "records" / "json"
+
+    def state() -> tuple[list[str], list[tuple[Any, ...]]]:
+        folders = sorted(p.name for p in table.iterdir() if p.name.startswith("ingest_batch="))
+        rows = spark.read.parquet(str(table)).select("n", "tag", "source_path", "ingested_at", "ingest_run")
+        return folders, sorted(tuple(r) for r in rows.collect())
+
+    # When the job takes them one file per batch, without merging
+    home = ["--home", str(rescore_home), "--source", "json"]
+    assert main([*home, "--max-files-per-batch", "1", "--merge-batches", "0"]) == 0
+
+    # Then each file is a batch of its own (the option reaches record sources too)
+    folders, rows = state()
+    assert folders == ["ingest_batch=0", "ingest_batch=1", "ingest_batch=2"]
+    assert [(n, tag) for n, tag, *_ in rows] == [(0, "t0"), (1, "t1"), (2, "t2"), (10, "u0"), (11, "u1"), (12, "u2")]
+
+    # And a later run merges the three committed batches into the last one's partition, rows unchanged
+    assert main([*home, "--merge-batches", "3"]) == 0
+    assert state() == (["ingest_batch=2"], rows)
