@@ -20,13 +20,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # pytest-xdist workers for make test (whole test files per worker); 0 runs serially in one process.
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test lint typecheck unit bench bench-gpu lock clean-home help airflow cluster-up cluster-down publish reliability
+.PHONY: install demo test lint typecheck unit bench bench-batches bench-gpu lock clean-home help airflow cluster-up cluster-down publish reliability
 
 help:
 	@echo "make demo   - install (if needed) and run the whole story on the embedded defaults"
 	@echo "make test   - install (if needed), lint, type-check and run the test suite"
 	@echo "make airflow - the Airflow UI and scheduler on 127.0.0.1:8080 (embedded SQLite setup)"
 	@echo "make bench  - benchmarks, results under docs/benchmarks/"
+	@echo "make bench-batches - reading a table of many ingest batches, docs/benchmarks/ingest_batches.md"
 	@echo "make bench-gpu - the GPU benchmark (ResNet-50 fp16 vs a pure-PyTorch loop), docs/benchmarks/gpu/"
 	@echo "make lock   - regenerate requirements.lock from requirements.in"
 
@@ -88,6 +89,11 @@ bench: install
 	$(BIN)/python -m include.bench.ingest_bench --files $(if $(QUICK),200,10000) --out $(BENCH_OUT)/ingest.md
 	$(BIN)/python -m include.bench.worker_start --rounds $(if $(QUICK),1,3) --out $(BENCH_OUT)/worker_start.md
 	$(BIN)/python -m include.bench.jvm_start --rounds $(if $(QUICK),1 --options short,3) --out $(BENCH_OUT)/jvm_start.md
+
+# Reading a table of 2,000 ingest batches (5.8 GB written to a temporary folder): Spark's defaults
+# against Rescore's session, before and after ingest's merge (about 6 minutes on 2 cores).
+bench-batches: install
+	$(BIN)/python -m include.bench.batches --out $(BENCH_OUT)/ingest_batches.md $(BENCH_BATCHES_ARGS)
 
 # The GPU benchmark (ResNet-50, 224 px, float16): Rescore's job against a pure-PyTorch loop on
 # the same GPU, results in docs/benchmarks/gpu/ with the device named (BENCH_GPU_ARGS=--help).
