@@ -91,7 +91,7 @@ bench: install
 	$(BIN)/python -m include.bench.jvm_start --rounds $(if $(QUICK),1 --options short,3) --out $(BENCH_OUT)/jvm_start.md
 
 # Reading a table of 2,000 ingest batches (5.8 GB written to a temporary folder): Spark's defaults
-# against Rescore's session, before and after ingest's merge (about 6 minutes on 2 cores).
+# against Rescore's session, before and after ingest's merge (about 5 minutes on 2 cores).
 bench-batches: install
 	$(BIN)/python -m include.bench.batches --out $(BENCH_OUT)/ingest_batches.md $(BENCH_BATCHES_ARGS)
 
