@@ -683,21 +683,31 @@ def last_committed_batch(spark: SparkSession, checkpoint: str) -> int | None:
     return max(ids, default=None)
 
 
-def merge_ingested_batches(
-    spark: SparkSession, paths: RescorePaths, checkpoint: str, *, min_batches: int = MERGE_BATCHES
+def merge_committed_batches(
+    spark: SparkSession,
+    checkpoint: str,
+    tables: dict[str, dict[str, str] | None],
+    *,
+    min_batches: int = MERGE_BATCHES,
 ) -> list[BatchMerge]:
-    """Merge runs of ``min_batches`` small consecutive batch partitions of ``images``,
-    ``image_paths`` and ``rejects``, among the batches the checkpoint has committed
+    """Merge runs of ``min_batches`` small consecutive batch partitions of each table (its Parquet
+    writer options beside it) among the batches ``checkpoint`` has committed
     (:func:`spark_jobs.compaction.merge_batches`; docs/ingest.md, "Many ingest batches")."""
     up_to = last_committed_batch(spark, checkpoint)
     if up_to is None or min_batches <= 0:
         return []
-    merges = merge_batches(
-        spark, paths.images, up_to_batch=up_to, min_batches=min_batches, options=images_writer_options()
-    )
-    for table in (paths.image_paths, paths.rejects):
-        merges += merge_batches(spark, table, up_to_batch=up_to, min_batches=min_batches)
+    merges: list[BatchMerge] = []
+    for table, options in tables.items():
+        merges += merge_batches(spark, table, up_to_batch=up_to, min_batches=min_batches, options=options)
     return merges
+
+
+def merge_ingested_batches(
+    spark: SparkSession, paths: RescorePaths, checkpoint: str, *, min_batches: int = MERGE_BATCHES
+) -> list[BatchMerge]:
+    """:func:`merge_committed_batches` of ``images``, ``image_paths`` and ``rejects``."""
+    tables = {paths.images: images_writer_options(), paths.image_paths: None, paths.rejects: None}
+    return merge_committed_batches(spark, checkpoint, tables, min_batches=min_batches)
 
 
 def parse_timestamp(value: str) -> datetime:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from spark_jobs.compaction import MERGE_BATCHES, finish_interrupted, merge_batches
+from spark_jobs.compaction import MERGE_BATCHES, finish_interrupted
 from spark_jobs.contract import RescorePaths
 from spark_jobs.ingest import DEFAULT_MAX_FILES_PER_BATCH, local_path
 from spark_jobs.session import LISTING_TASKS, JobError, listing_tasks, read_table
@@ -411,7 +411,7 @@ def ingest_records(
     """
     from pyspark.sql import functions as F
 
-    from spark_jobs.ingest import check_checkpoint, last_committed_batch
+    from spark_jobs.ingest import check_checkpoint, merge_committed_batches
 
     if source not in SOURCES or source == "images":
         raise JobError(f"unknown record --source {source!r}: use one of {', '.join(SOURCES[1:])}")
@@ -524,10 +524,7 @@ def ingest_records(
         .start()
     )
     query.awaitTermination()
-    up_to = last_committed_batch(spark, checkpoint)
-    if up_to is not None:
-        for table in (target, rejects_target):
-            merge_batches(spark, table, up_to_batch=up_to, min_batches=merge_min_batches)
+    merge_committed_batches(spark, checkpoint, {target: None, rejects_target: None}, min_batches=merge_min_batches)
     log.info(
         "ingest of %s done: %d files, %d rows into %s, %d files rejected (see %s)",
         source,
