@@ -458,17 +458,19 @@ def write_batch(
     not_read: list[tuple[str, int, str, datetime, str]] = []
     plan = planned_batch(spark, checkpoint, batch_id) if checkpoint else None
     if plan is not None or modified_after is not None:
-        listing = files.select("path", "modificationTime").collect()  # one pass over the file listing
-        if modified_after is not None:
-            skipped = sum(1 for r in listing if r.modificationTime <= modified_after)
-            files = files.where(F.col("modificationTime") > F.lit(modified_after))
+        # Compared as epoch milliseconds: --modified-after may carry a UTC offset (Airflow's {{ ts }}).
+        cutoff = epoch_ms(modified_after) if modified_after is not None else None
+        modified_ms = F.unix_millis("modificationTime")
+        listing = files.select("path", modified_ms.alias("modified_ms")).collect()  # one pass over the listing
+        if cutoff is not None:
+            skipped = sum(1 for r in listing if r.modified_ms <= cutoff)
+            files = files.where(modified_ms > F.lit(cutoff))
         if plan is not None:
             read = {r.path for r in listing}
-            cutoff = modified_after.timestamp() * 1000 if modified_after is not None else None
-            for path, modified_ms in sorted(plan.files.items()):
+            for path, planned_ms in sorted(plan.files.items()):
                 if path in read:
                     continue
-                if cutoff is not None and modified_ms <= cutoff:
+                if cutoff is not None and planned_ms <= cutoff:
                     skipped += 1
                     continue
                 not_read.append((path, 0, _reason_not_read(path), plan.batch_time, run_id))
@@ -710,8 +712,13 @@ def merge_ingested_batches(
     return merge_committed_batches(spark, checkpoint, tables, min_batches=min_batches)
 
 
+def epoch_ms(value: datetime) -> int:
+    """A time as milliseconds since the epoch; a value without a UTC offset is this machine's local time."""
+    return round(value.timestamp() * 1000)
+
+
 def parse_timestamp(value: str) -> datetime:
-    """``--modified-after`` as a datetime (ISO 8601)."""
+    """``--modified-after`` as a datetime (ISO 8601, with or without a UTC offset such as ``Z``)."""
     try:
         return datetime.fromisoformat(value)
     except ValueError as exc:
@@ -792,6 +799,7 @@ def _main(argv: list[str] | None) -> int:
             path_glob=args.path_glob,
             recursive=not args.no_recursive,
             path_column=args.path_column,
+            modified_after=modified_after,
             max_files_per_batch=args.max_files_per_batch,
             merge_min_batches=args.merge_batches,
         )

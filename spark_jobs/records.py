@@ -24,11 +24,12 @@ import logging
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from spark_jobs.compaction import MERGE_BATCHES, finish_interrupted
 from spark_jobs.contract import RescorePaths
-from spark_jobs.ingest import DEFAULT_MAX_FILES_PER_BATCH, local_path
+from spark_jobs.ingest import DEFAULT_MAX_FILES_PER_BATCH, epoch_ms, local_path
 from spark_jobs.session import LISTING_TASKS, JobError, listing_tasks, read_table
 
 if TYPE_CHECKING:
@@ -397,6 +398,7 @@ def ingest_records(
     path_glob: str | None = None,
     recursive: bool = True,
     path_column: str | None = None,
+    modified_after: datetime | None = None,
     max_files_per_batch: int = DEFAULT_MAX_FILES_PER_BATCH,
     merge_min_batches: int = MERGE_BATCHES,
     after_batch_written: Callable[[int], None] | None = None,
@@ -404,6 +406,8 @@ def ingest_records(
     """Take every record file that arrived in ``landing`` since the last run into ``records/<name>``.
 
     :param name: the table's name under ``warehouse/records`` (default: the source type).
+    :param modified_after: files modified at or before this time are consumed but not loaded, as
+        image ingest does (a time without a UTC offset is this machine's local time).
     :param merge_min_batches: once the stream has committed its batches, runs of this many small
         consecutive batch partitions of the table and its rejects are merged (0: never), as
         ingest does for images (:func:`spark_jobs.compaction.merge_batches`).
@@ -467,6 +471,9 @@ def ingest_records(
     stream_df = stream.options(**options).load(landing).withColumn("batch_time", F.current_timestamp())
     if source != "tfrecord":
         stream_df = stream_df.withColumn("source_path", F.col("_metadata.file_path"))
+    if modified_after is not None:
+        modified = F.col("modificationTime" if source == "tfrecord" else "_metadata.file_modification_time")
+        stream_df = stream_df.where(F.unix_millis(modified) > F.lit(epoch_ms(modified_after)))
     read_locally = local_path(landing) is not None
     totals = {"files": 0, "rows": 0, "rejected": 0}
 

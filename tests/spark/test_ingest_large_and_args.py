@@ -173,3 +173,23 @@ def test_a_damaged_offset_log_is_refused_with_the_fix(
     rc, message = _run_main(["--home", str(rescore_home)], caplog)
     assert rc == 2
     assert f"checkpoint {rescore_home}/checkpoints/ingest is unreadable" in message
+
+
+@pytest.mark.parametrize("modified_after", ["2024-01-01T00:00:00+00:00", "2024-01-01T00:00:00Z"])
+def test_modified_after_with_a_utc_offset_skips_older_files(
+    spark: SparkSession, rescore_home: Path, caplog: pytest.LogCaptureFixture, modified_after: str
+) -> None:
+    import os
+
+    # Given an image modified in 2020 and one modified now
+    landing = rescore_home / "landing"
+    landing.mkdir()
+    (landing / "old.png").write_bytes(_png((1, 2, 3), (4, 4)))
+    os.utime(landing / "old.png", (1_600_000_000, 1_600_000_000))  # September 2020
+    (landing / "new.png").write_bytes(_png((3, 2, 1), (4, 4)))
+    # When ingest runs with --modified-after as Airflow's {{ ts }} renders it (a UTC offset)
+    rc, message = _run_main(["--home", str(rescore_home), "--modified-after", modified_after], caplog)
+    # Then the run succeeds, the old file is skipped and the new one ingested
+    assert rc == 0, message
+    images = spark.read.parquet(str(rescore_home / "warehouse" / "images")).collect()
+    assert [Path(r.path).name for r in images] == ["new.png"]

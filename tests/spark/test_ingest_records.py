@@ -197,3 +197,22 @@ def test_record_batches_follow_the_job_options_and_committed_ones_are_merged(
     # And a later run merges the three committed batches into the last one's partition, rows unchanged
     assert main([*home, "--merge-batches", "3"]) == 0
     assert state() == (["ingest_batch=2"], rows)
+
+
+def test_record_sources_honour_modified_after(spark: SparkSession, rescore_home: Path) -> None:
+    import os
+
+    from spark_jobs.ingest import main
+
+    # Given a JSON file modified in 2020 and one modified now
+    landing = rescore_home / "landing"
+    landing.mkdir()
+    (landing / "old.json").write_text('{"n": 1}\n')
+    os.utime(landing / "old.json", (1_600_000_000, 1_600_000_000))  # September 2020
+    (landing / "new.json").write_text('{"n": 2}\n')
+    # When the job runs with --modified-after, as Airflow's {{ ts }} renders it
+    rc = main(["--home", str(rescore_home), "--source", "json", "--modified-after", "2024-01-01T00:00:00+00:00"])
+    # Then only the newer file's rows are loaded
+    assert rc == 0
+    table = spark.read.parquet(str(rescore_home / "warehouse" / "records" / "json"))
+    assert [(r.n, Path(r.source_path).name) for r in table.collect()] == [(2, "new.json")]
