@@ -94,6 +94,9 @@ IMAGES_ROW_GROUP_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_FILE_AGE = "3650d"
 #: Formats the scoring side decodes; anything else Pillow recognises is rejected as unsupported.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "TIFF", "BMP"})
+#: How every reject reason ends: the file stream never reads a path it has taken again, so a fixed
+#: file landed under the same name is silently ignored.
+RELAND = "land it again under a new name (a path already taken is never read again)"
 _EXIF_ORIENTATION = 0x0112
 _HASH_CHUNK = 1 << 20
 
@@ -131,7 +134,7 @@ def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PI
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     stream.seek(0, io.SEEK_END)
     if stream.tell() == 0:
-        return ImageFacts(reason="empty file (0 bytes): the upload was probably interrupted; land it again")
+        return ImageFacts(reason=f"empty file (0 bytes): the upload was probably interrupted; {RELAND}")
     stream.seek(0)
     default_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow itself refuses only above twice this
@@ -148,7 +151,7 @@ def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PI
                         fmt,
                         mode,
                         reason=f"unsupported format {fmt}: scoring reads {', '.join(sorted(SUPPORTED_FORMATS))}; "
-                        "convert the file to PNG or JPEG and land it again",
+                        f"convert the file to PNG or JPEG and {RELAND}",
                     )
                 if width * height > max_pixels:
                     return ImageFacts(
@@ -157,7 +160,7 @@ def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PI
                         fmt,
                         mode,
                         reason=f"decompression bomb: {width}x{height} = {width * height} pixels is more than "
-                        f"max_pixels={max_pixels}; raise --max-pixels if this image is genuine",
+                        f"max_pixels={max_pixels}; if this image is genuine, raise --max-pixels and {RELAND}",
                     )
                 # The header is enough to accept a JPEG, but a cut-off upload lacks the end marker.
                 if fmt in ("JPEG", "MPO") and not _ends_with_jpeg_marker(stream):
@@ -166,8 +169,7 @@ def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PI
                         height,
                         fmt,
                         mode,
-                        reason="truncated JPEG: the end-of-image marker is missing; the file was cut off, "
-                        "land it again",
+                        reason=f"truncated JPEG: the end-of-image marker is missing; the file was cut off, {RELAND}",
                     )
                 if img.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
                     width, height = height, width  # stored sideways: record the size as displayed
@@ -178,14 +180,16 @@ def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PI
     except UnidentifiedImageError:
         return ImageFacts(
             reason="not an image: Pillow does not recognise the format; remove it from the landing "
-            "folder or convert it to JPEG/PNG"
+            f"folder, or convert it to JPEG/PNG and {RELAND}"
         )
     except Image.DecompressionBombError as exc:
-        return ImageFacts(reason=f"decompression bomb: {exc}; raise --max-pixels if this image is genuine")
+        return ImageFacts(
+            reason=f"decompression bomb: {exc}; if this image is genuine, raise --max-pixels and {RELAND}"
+        )
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        return ImageFacts(reason=f"truncated or corrupt image: {exc}; land the file again")
+        return ImageFacts(reason=f"truncated or corrupt image: {exc}; {RELAND}")
     except Exception as exc:  # a hostile file must become a reject, never a failed ingest
-        return ImageFacts(reason=f"corrupt image ({type(exc).__name__}: {exc}); land the file again")
+        return ImageFacts(reason=f"corrupt image ({type(exc).__name__}: {exc}); {RELAND}")
     finally:
         Image.MAX_IMAGE_PIXELS = default_limit
     return ImageFacts(width, height, fmt, mode)
@@ -247,12 +251,11 @@ def inspect_file(
                     kept = None
         except PermissionError as exc:
             facts = ImageFacts(
-                reason=f"unreadable: permission denied ({exc.strerror}); give the ingest user read access "
-                "and land the file again under a new name"
+                reason=f"unreadable: permission denied ({exc.strerror}); give the ingest user read access and {RELAND}"
             )
             image_id, kept = None, None
         except FileNotFoundError:
-            facts = ImageFacts(reason="vanished: the file was deleted or renamed after it landed; land it again")
+            facts = ImageFacts(reason=f"vanished: the file was deleted or renamed after it landed; {RELAND}")
             image_id, kept = None, None
     row.update(
         image_id=image_id,
@@ -429,8 +432,8 @@ def planned_batch(spark: SparkSession, checkpoint: str, batch_id: int) -> BatchP
 def _reason_not_read(path: str) -> str:
     local = local_path(path)
     if local is not None and not os.path.exists(local):
-        return "vanished: the file was deleted or renamed after it landed; land it again"
-    return "empty file (0 bytes): the upload was probably interrupted; land it again"
+        return f"vanished: the file was deleted or renamed after it landed; {RELAND}"
+    return f"empty file (0 bytes): the upload was probably interrupted; {RELAND}"
 
 
 def write_batch(

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from spark_jobs.compaction import MERGE_BATCHES, finish_interrupted
 from spark_jobs.contract import RescorePaths
-from spark_jobs.ingest import DEFAULT_MAX_FILES_PER_BATCH, epoch_ms, local_path
+from spark_jobs.ingest import DEFAULT_MAX_FILES_PER_BATCH, RELAND, epoch_ms, local_path
 from spark_jobs.session import LISTING_TASKS, JobError, listing_tasks, read_table
 
 if TYPE_CHECKING:
@@ -303,11 +303,13 @@ def parse_tfrecord_batches(
                     records = list(iter_tfrecords(io.BytesIO(data)))
                     examples = [parse_example(r) for r in records]
                 except (TFRecordError, UnicodeDecodeError, struct.error) as exc:
-                    reason = f"damaged TFRecord file: {exc}; land an intact copy under a new name"
+                    reason = f"damaged TFRecord file: {exc}; {RELAND}"
                     pending.append({"source_path": path, "reject_reason": reason, "size": size})
                     continue
                 except PermissionError as exc:
-                    reason = f"unreadable: permission denied ({exc.strerror}); give the ingest user read access"
+                    reason = (
+                        f"unreadable: permission denied ({exc.strerror}); give the ingest user read access and {RELAND}"
+                    )
                     pending.append({"source_path": path, "reject_reason": reason, "size": size})
                     continue
                 for index, example in enumerate(examples):

@@ -20,6 +20,9 @@ from tests.corpus import image_bytes as _image_bytes
 
 pytestmark = pytest.mark.spark
 
+#: How every reject reason ends (written out by hand, not imported from the job).
+_RELAND = "land it again under a new name (a path already taken is never read again)"
+
 
 def _relative(path: str, landing: Path) -> str:
     prefix = f"file:{landing}/"
@@ -62,6 +65,8 @@ def test_every_awkward_file_lands_where_it_belongs(
     assert set(rejects) == rejected
     for name in rejected:
         assert rejects[name].reason.startswith(expect[name][1]), (name, rejects[name].reason)
+        # and says how to land a fixed copy: the stream never reads a path it has taken again
+        assert rejects[name].reason.endswith(_RELAND), (name, rejects[name].reason)
     # And the duplicate is one image with both of its paths kept
     rgba_id = hashlib.sha256((landing / "a-rgba.png").read_bytes()).hexdigest()
     assert sorted(_relative(r.path, landing) for r in image_paths if r.image_id == rgba_id) == [
@@ -111,7 +116,7 @@ def test_permission_denied_at_open_becomes_an_unreadable_reject(monkeypatch: pyt
     # Then it is a reject naming the fix, with no id and no bytes
     assert row["reason"] == (
         "unreadable: permission denied (Permission denied); give the ingest user read access "
-        "and land the file again under a new name"
+        "and land it again under a new name (a path already taken is never read again)"
     )
     assert row["image_id"] is None and row["content"] is None
 
@@ -120,4 +125,7 @@ def test_a_file_deleted_after_it_landed_is_rejected_as_vanished(tmp_path: Path) 
     from spark_jobs.ingest import inspect_file
 
     row = inspect_file(f"file:{tmp_path}/gone.png", 10, None, max_pixels=MAX_PIXELS, max_file_bytes=100)
-    assert row["reason"].startswith("vanished: the file was deleted or renamed after it landed")
+    assert row["reason"] == (
+        "vanished: the file was deleted or renamed after it landed; "
+        "land it again under a new name (a path already taken is never read again)"
+    )
