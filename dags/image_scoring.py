@@ -13,6 +13,11 @@ loosen or tighten a validation threshold for this run (`max_missing`, `max_inval
 The validate task's **Validation report** link opens the HTML report.
 Every task is idempotent: a retry, a cleared task or a backfill never duplicates rows.
 
+**Backfills** (from the UI's "Backfill" or `airflow backfill create`): each run works on the
+images ingested in its own data interval (an hour), so a backfill with `force` re-scores every
+image of the range once, hour by hour, and one without `force` scores only what is missing.
+To re-score a range in one run instead, trigger the DAG with `from_date`, `to_date` and `force`.
+
 Tables live under `$RESCORE_HOME/warehouse`, reports under `$RESCORE_HOME/reports`.
 """
 
@@ -25,6 +30,8 @@ from airflow.sdk import Param, dag, task
 
 from rescore_airflow.model_registry import resolve_scoring_version
 from rescore_airflow.operators import (
+    BACKFILL_BEFORE,
+    BACKFILL_FROM,
     IngestImagesOperator,
     PromotePredictionsOperator,
     ScoreImagesOperator,
@@ -87,6 +94,8 @@ def image_scoring() -> None:
         batch_size="{{ params.batch_size }}",
         from_date="{{ params.from_date }}",
         to_date="{{ params.to_date }}",
+        ingested_from=BACKFILL_FROM,
+        ingested_before=BACKFILL_BEFORE,
         force="{{ params.force }}",
     )
     validate = ValidatePredictionsOperator(
@@ -96,6 +105,8 @@ def image_scoring() -> None:
         thresholds=validation_thresholds_from_params(),
         from_date="{{ params.from_date }}",
         to_date="{{ params.to_date }}",
+        ingested_from=BACKFILL_FROM,
+        ingested_before=BACKFILL_BEFORE,
     )
     bootstrap = PromotePredictionsOperator(
         task_id="promote_if_first",

@@ -55,6 +55,7 @@ from spark_jobs.compaction import (
 from spark_jobs.contract import RescorePaths, default_home
 from spark_jobs.current import resolve_version
 from spark_jobs.model_store import Manifest, ModelStore, ModelVersion
+from spark_jobs.scope import check_scope, scope_images
 from spark_jobs.session import JobError, get_spark, hadoop_fs, read_table, run_main
 from spark_jobs.stages import StageClock, StageReport, stage_accumulator
 
@@ -749,16 +750,19 @@ def select_images(
     to_date: date | None = None,
     force: bool = False,
     ingested_before: datetime | None = None,
+    ingested_from: datetime | None = None,
 ) -> DataFrame:
     """Distinct images (by ``image_id``) to score with this model version.
 
     :param ingested_before: only images whose ``ingested_at`` is earlier (a re-scoring run's
         cutoff: validation uses the same one, so images landing meanwhile do not fail coverage).
+    :param ingested_from: only images whose ``ingested_at`` is this instant or later (with
+        ``ingested_before``, a backfill run's data interval).
     :param from_date: only images ingested on or after this day (``ingested_at``, session time zone).
     :param to_date: only images ingested on or before this day (inclusive).
     :param force: also images that already have a prediction from this version (re-score them).
     """
-    chosen = _in_scope(images, from_date, to_date, ingested_before)
+    chosen = scope_images(images, from_date, to_date, ingested_before, ingested_from)
     return _distinct_unscored(chosen, predictions, model_name, model_version, force)
 
 
@@ -769,23 +773,6 @@ def _distinct_unscored(
     if predictions is None or force:
         return distinct
     return distinct.join(_scored_ids(predictions, model_name, model_version), "image_id", "left_anti")
-
-
-def _in_scope(
-    images: DataFrame, from_date: date | None, to_date: date | None, ingested_before: datetime | None
-) -> DataFrame:
-    from pyspark.sql import functions as F
-
-    if from_date is not None and to_date is not None and from_date > to_date:
-        raise JobError(f"--from-date {from_date} is after --to-date {to_date}: swap them")
-    chosen = images
-    if from_date is not None:
-        chosen = chosen.where(F.to_date("ingested_at") >= F.lit(from_date))
-    if to_date is not None:
-        chosen = chosen.where(F.to_date("ingested_at") <= F.lit(to_date))
-    if ingested_before is not None:
-        chosen = chosen.where(F.col("ingested_at") < F.lit(ingested_before))
-    return chosen
 
 
 def _scored_ids(predictions: DataFrame, model_name: str, model_version: str) -> DataFrame:
@@ -820,6 +807,7 @@ def plan_selection(
     to_date: date | None = None,
     force: bool = False,
     ingested_before: datetime | None = None,
+    ingested_from: datetime | None = None,
     broadcast_ids: int = BROADCAST_IDS,
 ) -> Selection:
     """The rows :func:`select_images` chooses, found without moving image bytes through a shuffle.
@@ -839,7 +827,7 @@ def plan_selection(
     """
     from pyspark.sql import functions as F
 
-    chosen = _in_scope(images, from_date, to_date, ingested_before)
+    chosen = scope_images(images, from_date, to_date, ingested_before, ingested_from)
     batch = ["ingest_batch"] if "ingest_batch" in chosen.columns else []
     keys = chosen.select("image_id", *batch)
     if predictions is not None and not force:
@@ -1060,6 +1048,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only images ingested before this ISO timestamp (a re-scoring run's cutoff)",
     )
     parser.add_argument(
+        "--ingested-from",
+        type=_timestamp,
+        default=None,
+        help="only images ingested at or after this ISO timestamp (with --ingested-before: a backfill run's "
+        "data interval)",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="re-score images that already have a prediction from this version, replacing them",
@@ -1093,8 +1088,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--prefetch must be at least 1, got {args.prefetch}")
     if args.decode_workers < 0:
         parser.error(f"--decode-workers must be 0 (the task's cores) or more, got {args.decode_workers}")
-    if args.from_date and args.to_date and args.from_date > args.to_date:
-        parser.error(f"--from-date {args.from_date} is after --to-date {args.to_date}")
+    try:
+        check_scope(args.from_date, args.to_date, args.ingested_from, args.ingested_before)
+    except JobError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -1167,9 +1164,12 @@ def _score_new(
         to_date=args.to_date,
         force=args.force,
         ingested_before=args.ingested_before,
+        ingested_from=args.ingested_from,
     )
     todo, pending = selection.images, selection.count
     scope = f"ingested {args.from_date or 'any time'} .. {args.to_date or 'now'}"
+    if args.ingested_from or args.ingested_before:
+        scope += f", at {args.ingested_from or 'any time'} .. before {args.ingested_before or 'now'}"
     if pending == 0:
         log.info("nothing to score with %s v%s (%s, force=%s)", args.model_name, version, scope, args.force)
         return

@@ -38,6 +38,7 @@ from spark_jobs.gates import (
     population_stability_index,
 )
 from spark_jobs.model_store import ModelStore
+from spark_jobs.scope import check_scope, scope_images
 from spark_jobs.session import JobError, get_spark, read_table, run_main
 
 if TYPE_CHECKING:
@@ -53,23 +54,6 @@ SAMPLE_IDS = 5
 VALIDATED_COLUMNS = ("image_id", "label", "score", "probabilities", "error", "model_version")
 #: Bins of the score histogram over [0, 1]; the drift measures compare these bins.
 SCORE_BINS = 10
-
-
-def scope_images(
-    images: DataFrame, from_date: date | None, to_date: date | None, ingested_before: datetime | None = None
-) -> DataFrame:
-    """Images whose ``ingested_at`` date lies in ``[from_date, to_date]`` (either end open when None),
-    and, with ``ingested_before``, that were ingested before that instant (a re-scoring run's cutoff)."""
-    from pyspark.sql import functions as F
-
-    day = F.to_date("ingested_at")
-    if from_date is not None:
-        images = images.where(day >= F.lit(from_date))
-    if to_date is not None:
-        images = images.where(day <= F.lit(to_date))
-    if ingested_before is not None:
-        images = images.where(F.col("ingested_at") < F.lit(ingested_before))
-    return images
 
 
 def coverage(images: DataFrame, predictions: DataFrame) -> dict[str, Any]:
@@ -264,6 +248,7 @@ def validate_predictions(
     to_date: date | None = None,
     run_id: str = "manual",
     ingested_before: datetime | None = None,
+    ingested_from: datetime | None = None,
 ) -> dict[str, Any]:
     """The whole report for one model version over the images in scope (without writing it).
 
@@ -273,7 +258,8 @@ def validate_predictions(
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    in_scope = scope_images(images, from_date, to_date, ingested_before).select("image_id").distinct().cache()
+    in_scope = scope_images(images, from_date, to_date, ingested_before, ingested_from)
+    in_scope = in_scope.select("image_id").distinct().cache()
     # Only the contract's columns: wider tables (top-k, embeddings) are not cached for nothing.
     of_model = (
         predictions.where(F.col("model_name") == model_name)
@@ -309,6 +295,7 @@ def validate_predictions(
         "scope": {
             "from_date": from_date.isoformat() if from_date else None,
             "to_date": to_date.isoformat() if to_date else None,
+            "ingested_from": ingested_from.isoformat() if ingested_from else None,
             "ingested_before": ingested_before.isoformat() if ingested_before else None,
             "images": metrics["coverage"]["images_in_scope"],
         },
@@ -390,6 +377,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only images ingested before this ISO timestamp (the re-scoring run's cutoff)",
     )
     parser.add_argument(
+        "--ingested-from",
+        type=_iso_timestamp,
+        default=None,
+        help="only images ingested at or after this ISO timestamp (with --ingested-before: a backfill run's "
+        "data interval)",
+    )
+    parser.add_argument(
         "--gates-config",
         default=None,
         help="TOML file of thresholds (default: $RESCORE_GATES_CONFIG, else the project's)",
@@ -412,8 +406,7 @@ def thresholds_from_args(args: argparse.Namespace) -> tuple[Thresholds, str]:
 
 def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    if args.from_date and args.to_date and args.from_date > args.to_date:
-        raise JobError(f"--from-date {args.from_date} is after --to-date {args.to_date}: swap them")
+    check_scope(args.from_date, args.to_date, args.ingested_from, args.ingested_before)
     thresholds, thresholds_source = thresholds_from_args(args)
     paths = RescorePaths(args.home)
     store = ModelStore(args.models or paths.models)
@@ -444,6 +437,7 @@ def _main(argv: list[str] | None) -> int:
         from_date=args.from_date,
         to_date=args.to_date,
         ingested_before=args.ingested_before,
+        ingested_from=args.ingested_from,
         run_id=args.run_id,
     )
     report["thresholds_source"] = thresholds_source

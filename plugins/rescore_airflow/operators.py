@@ -56,7 +56,8 @@ class RescoreSparkSubmitOperator(SparkSubmitOperator):
         if not self.job:
             raise TypeError(f"{type(self).__name__} must set the class attribute 'job'")
         home = rescore_home or settings.rescore_home()
-        self._default_py_files = f"{RescorePaths(home).artifacts}/spark_jobs.zip"
+        # py_files left to us: the zip of spark_jobs under the (rendered) home, built by execute
+        self._builds_py_files = "py_files" not in kwargs
         env_vars = {
             "PYSPARK_PYTHON": settings.spark_python(),
             "PYSPARK_DRIVER_PYTHON": settings.spark_python(),
@@ -65,7 +66,7 @@ class RescoreSparkSubmitOperator(SparkSubmitOperator):
             **(kwargs.pop("env_vars", None) or {}),
         }
         kwargs.setdefault("conn_id", settings.spark_conn_id())
-        kwargs.setdefault("py_files", self._default_py_files)
+        kwargs.setdefault("py_files", _jobs_zip(home))
         kwargs.setdefault("properties_file", str(settings.spark_profile_path(spark_profile)))
         kwargs.setdefault("name", f"rescore-{self.job}")
         super().__init__(application=str(settings.SPARK_JOBS_DIR / f"{self.job}.py"), env_vars=env_vars, **kwargs)
@@ -82,10 +83,16 @@ class RescoreSparkSubmitOperator(SparkSubmitOperator):
         return self._get_hook()._build_spark_submit_command(self.application)
 
     def execute(self, context: Context) -> None:
-        if self.py_files == self._default_py_files:
-            build_spark_jobs_zip(self._default_py_files)
+        if self._builds_py_files:
+            # rescore_home may be a template: the zip goes where the rendered home says
+            self.py_files = _jobs_zip(self.rescore_home)
+            build_spark_jobs_zip(self.py_files)
         self.application_args = self.job_arguments()
         super().execute(context)
+
+
+def _jobs_zip(home: str) -> str:
+    return f"{RescorePaths(home).artifacts}/spark_jobs.zip"
 
 
 class IngestImagesOperator(RescoreSparkSubmitOperator):
@@ -220,9 +227,13 @@ class ScoreImagesOperator(_ModelJobOperator):
         a bool, or a string such as ``"{{ params.force }}"`` rendering to true/false).
     :param compact_above_files: rewrite the version's predictions into large files once its
         partition holds more data files than this (templated); job default 64, 0 never.
-    :param cut_off_scope: take only images ingested before this task starts, and push that
-        instant as XCom ``ingested_before`` so validation checks the same set (images landing
-        during a long re-score are then scored by the next scheduled run, not counted missing).
+    :param ingested_from: only images ingested at or after this ISO timestamp (templated).
+    :param ingested_before: only images ingested before this ISO timestamp (templated); with
+        ``ingested_from``, a backfill run's data interval (see :data:`BACKFILL_FROM`).
+    :param cut_off_scope: take only images ingested before this task starts (unless
+        ``ingested_before`` renders to a value), and push that instant as XCom ``ingested_before``
+        so validation checks the same set (images landing during a long re-score are then scored
+        by the next scheduled run, not counted missing).
     """
 
     job = "score"
@@ -237,6 +248,8 @@ class ScoreImagesOperator(_ModelJobOperator):
         "device",
         "from_date",
         "to_date",
+        "ingested_from",
+        "ingested_before",
         "force",
         "compact_above_files",
     )
@@ -253,6 +266,8 @@ class ScoreImagesOperator(_ModelJobOperator):
         device: str | None = None,
         from_date: str | None = None,
         to_date: str | None = None,
+        ingested_from: str | None = None,
+        ingested_before: str | None = None,
         force: bool | str = False,
         compact_above_files: int | str | None = None,
         cut_off_scope: bool = False,
@@ -260,7 +275,8 @@ class ScoreImagesOperator(_ModelJobOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.cut_off_scope = cut_off_scope
-        self.ingested_before: str | None = None
+        self.ingested_from = ingested_from
+        self.ingested_before = ingested_before
         self.batch_size = batch_size
         self.arrow_batch_size = arrow_batch_size
         self.top_k = top_k
@@ -284,28 +300,70 @@ class ScoreImagesOperator(_ModelJobOperator):
             ("--device", self.device),
             ("--from-date", self.from_date),
             ("--to-date", self.to_date),
+            ("--ingested-from", self.ingested_from),
+            ("--ingested-before", self.ingested_before),
             ("--compact-above-files", self.compact_above_files),
         ):
             if _given(value):
                 args += [flag, str(value).strip()]
         if str(self.force).strip().lower() in ("true", "1", "yes"):
             args.append("--force")
-        if self.ingested_before:
-            args += ["--ingested-before", self.ingested_before]
         return args
 
     def execute(self, context: Context) -> None:
-        if self.cut_off_scope:
+        check_scope_arguments(self.from_date, self.to_date, self.ingested_from, self.ingested_before)
+        if self.cut_off_scope and not _given(self.ingested_before):
             from datetime import UTC, datetime
 
             self.ingested_before = datetime.now(UTC).isoformat()
-            context["ti"].xcom_push(key="ingested_before", value=self.ingested_before)
+        if self.cut_off_scope:
+            context["ti"].xcom_push(key="ingested_before", value=str(self.ingested_before).strip())
         super().execute(context)
 
 
 def _given(value: Any) -> bool:
     """Whether a (rendered) argument carries a value; a null Param renders as ``"None"``."""
     return value is not None and str(value).strip() not in ("", "None")
+
+
+#: ``ingested_from`` / ``ingested_before`` templates that scope a backfill run to its data
+#: interval (the images ingested in it) and leave every other run unscoped: a backfill of an
+#: hourly DAG is one run per hour, and each must work on its own hour, not all repeat the whole
+#: range (with ``force``, every run would re-score every image of it).
+BACKFILL_FROM = (
+    "{{ data_interval_start.isoformat() if dag_run.run_type == 'backfill' and data_interval_start else '' }}"
+)
+BACKFILL_BEFORE = "{{ data_interval_end.isoformat() if dag_run.run_type == 'backfill' and data_interval_end else '' }}"
+
+
+def check_scope_arguments(from_date: Any, to_date: Any, ingested_from: Any = None, ingested_before: Any = None) -> None:
+    """Refuse rendered scope arguments that cannot work, before spark-submit starts a JVM: not a
+    date or timestamp, or a range whose ends are swapped. An ``AirflowFailException``: a retry
+    would get the same arguments."""
+    from datetime import date, datetime
+
+    from spark_jobs.scope import check_scope
+    from spark_jobs.session import JobError
+
+    def parsed(name: str, value: Any, kind: type[date] | type[datetime]) -> Any:
+        if not _given(value):
+            return None
+        text = str(value).strip()
+        try:
+            return kind.fromisoformat(text)
+        except ValueError:
+            example = "2026-11-28" if kind is date else "2026-11-28T09:00:00+00:00"
+            raise AirflowFailException(f"{name} {text!r} is not an ISO {kind.__name__}: use e.g. {example}") from None
+
+    try:
+        check_scope(
+            parsed("from_date", from_date, date),
+            parsed("to_date", to_date, date),
+            parsed("ingested_from", ingested_from, datetime),
+            parsed("ingested_before", ingested_before, datetime),
+        )
+    except JobError as exc:
+        raise AirflowFailException(f"{exc} (fix the run's params and trigger it again)") from None
 
 
 #: DAG Params of the validation thresholds that a triggered run may override; ``None`` (the
@@ -367,7 +425,9 @@ class ValidatePredictionsOperator(_ModelJobOperator):
     :param from_date: first ingestion date in scope, ``YYYY-MM-DD``, inclusive (templated).
     :param to_date: last ingestion date in scope, ``YYYY-MM-DD``, inclusive (templated).
     :param ingested_before: only images ingested before this ISO timestamp (templated): the
-        re-scoring task's cutoff, ``{{ ti.xcom_pull(task_ids='rescore', key='ingested_before') }}``.
+        re-scoring task's cutoff, ``{{ ti.xcom_pull(task_ids='rescore', key='ingested_before') }}``,
+        or with ``ingested_from`` a backfill run's data interval.
+    :param ingested_from: only images ingested at or after this ISO timestamp (templated).
     """
 
     job = "validate"
@@ -377,6 +437,7 @@ class ValidatePredictionsOperator(_ModelJobOperator):
         "from_date",
         "to_date",
         "ingested_before",
+        "ingested_from",
     )
     operator_extra_links = (ValidationReportLink(),)
 
@@ -387,6 +448,7 @@ class ValidatePredictionsOperator(_ModelJobOperator):
         from_date: str | None = None,
         to_date: str | None = None,
         ingested_before: str | None = None,
+        ingested_from: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -397,6 +459,7 @@ class ValidatePredictionsOperator(_ModelJobOperator):
         self.from_date = from_date
         self.to_date = to_date
         self.ingested_before = ingested_before
+        self.ingested_from = ingested_from
 
     def job_arguments(self) -> list[str]:
         args = super().job_arguments()
@@ -404,8 +467,10 @@ class ValidatePredictionsOperator(_ModelJobOperator):
             args += ["--from-date", str(self.from_date)]
         if _given(self.to_date):
             args += ["--to-date", str(self.to_date)]
+        if _given(self.ingested_from):
+            args += ["--ingested-from", str(self.ingested_from).strip()]
         if _given(self.ingested_before):
-            args += ["--ingested-before", str(self.ingested_before)]
+            args += ["--ingested-before", str(self.ingested_before).strip()]
         for name in THRESHOLD_NAMES:
             if _given(self.thresholds.get(name)):
                 args += ["--" + name.replace("_", "-"), str(self.thresholds[name])]
@@ -421,6 +486,7 @@ class ValidatePredictionsOperator(_ModelJobOperator):
         return max(fresh, key=lambda p: p.stat().st_mtime) if fresh else None
 
     def execute(self, context: Context) -> None:
+        check_scope_arguments(self.from_date, self.to_date, self.ingested_from, self.ingested_before)
         started = time.time()
         # The job finds the thresholds file even when spark_jobs runs from the --py-files zip.
         self.env_vars = {GATES_CONFIG_ENV: str(gates_config_path()), **(self.env_vars or {})}

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -103,3 +105,44 @@ def test_image_scoring_force_param_rescores_the_range() -> None:
         task.force = task.render_template(dag.get_task("score").force, {"params": {"force": value}})
         task.model_name, task.model_version = "shapes", "1"
         assert ("--force" in task.job_arguments()) is expected
+
+
+def _rendered_scope(task: Any, context: dict[str, Any]) -> list[str]:
+    task = copy.copy(task)  # the dagbag is shared by the module
+    for name in ("from_date", "to_date", "ingested_from", "ingested_before"):
+        setattr(task, name, task.render_template(getattr(task, name), context))
+    task.model_name, task.model_version = "shapes", "1"
+    command = task.job_arguments()
+    return [
+        part
+        for flag in ("--ingested-from", "--ingested-before")
+        if flag in command
+        for part in (flag, command[command.index(flag) + 1])
+    ]
+
+
+def test_each_backfill_run_of_image_scoring_works_on_its_own_data_interval(dagbag) -> None:  # type: ignore[no-untyped-def]
+    import pendulum
+    from airflow.utils.types import DagRunType
+
+    dag = dagbag.dags["image_scoring"]
+    start = pendulum.datetime(2026, 11, 3, 12, tz="UTC")
+    params = {"from_date": None, "to_date": None, "force": True, "model_name": "shapes"}
+
+    def context(run_type: str) -> dict[str, Any]:
+        return {
+            "params": params,
+            "dag_run": SimpleNamespace(run_type=DagRunType(run_type)),
+            "data_interval_start": start,
+            "data_interval_end": start.add(hours=1),
+        }
+
+    for task_id in ("score", "validate"):
+        # A backfill run (one per hour of the range) scores and validates the images ingested in its hour
+        assert _rendered_scope(dag.get_task(task_id), context("backfill")) == [
+            "--ingested-from", "2026-11-03T12:00:00+00:00",
+            "--ingested-before", "2026-11-03T13:00:00+00:00",
+        ], task_id  # fmt: skip
+        # while scheduled and manual runs take every image that is missing a prediction
+        assert _rendered_scope(dag.get_task(task_id), context("scheduled")) == [], task_id
+        assert _rendered_scope(dag.get_task(task_id), context("manual")) == [], task_id

@@ -266,3 +266,64 @@ def test_rescore_pushes_its_cutoff_and_validate_passes_it_on(monkeypatch: pytest
     # and a plain scoring task takes every image
     plain = ScoreImagesOperator(task_id="score", model_name="shapes", model_version="1")
     assert "--ingested-before" not in plain.job_arguments()
+
+
+def test_a_templated_home_gets_its_spark_jobs_zip_built_where_it_renders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    from rescore_airflow.operators import ScoreImagesOperator
+
+    submitted: list[str] = []
+    monkeypatch.setattr(SparkSubmitOperator, "execute", lambda self, context: submitted.append(self.py_files))
+    # Given a task whose home is a template
+    op = ScoreImagesOperator(task_id="score", rescore_home="{{ params.home }}", model_name="m", model_version="1")
+    op.render_template_fields({"params": {"home": str(tmp_path)}, "run_id": "r"})
+    # When it runs
+    op.execute({})  # type: ignore[arg-type]
+    # Then spark-submit gets the zip under the rendered home, and the zip is there
+    expected = tmp_path / "artifacts" / "spark_jobs.zip"
+    assert submitted == [str(expected)]
+    assert expected.is_file() and expected.stat().st_size > 0
+
+
+def test_a_swapped_or_malformed_scope_fails_before_spark_submit_without_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from rescore_airflow.operators import ScoreImagesOperator, ValidatePredictionsOperator
+
+    submitted: list[object] = []
+    monkeypatch.setattr(SparkSubmitOperator, "execute", lambda self, context: submitted.append(self))
+    monkeypatch.setattr("rescore_airflow.operators.build_spark_jobs_zip", lambda *a, **k: None)
+    cases = [
+        ({"from_date": "2026-11-07", "to_date": "2026-11-01"}, "swap them"),
+        ({"from_date": "2026/11/01"}, "is not an ISO date"),
+        (
+            {"ingested_from": "2026-11-03T13:00:00+00:00", "ingested_before": "2026-11-03T12:00:00+00:00"},
+            "is not before --ingested-before",
+        ),
+    ]
+    for scope, message in cases:
+        for operator in (ScoreImagesOperator, ValidatePredictionsOperator):
+            op = operator(task_id="t", rescore_home=HOME, model_name="m", model_version="1", **scope)
+            with pytest.raises(AirflowFailException, match=message):
+                op.execute({})  # type: ignore[arg-type]
+    assert submitted == []
+    # while a range in order goes through
+    ok = ScoreImagesOperator(
+        task_id="t",
+        rescore_home=HOME,
+        model_name="m",
+        model_version="1",
+        ingested_from="2026-11-03T12:00:00+00:00",
+        ingested_before="2026-11-03T13:00:00+00:00",
+    )
+    ok.execute({})  # type: ignore[arg-type]
+    args = ok.job_arguments()
+    assert len(submitted) == 1
+    assert args[args.index("--ingested-from") + 1] == "2026-11-03T12:00:00+00:00"
+    assert args[args.index("--ingested-before") + 1] == "2026-11-03T13:00:00+00:00"
