@@ -2,7 +2,8 @@
 ### Model-update re-scoring
 
 Runs continuously, one run at a time. Each run **waits** (deferred, in the triggerer) until a
-model version becomes champion that is not the promoted one, then **re-scores** every image
+model version becomes champion that is not the promoted one (while nothing is promoted it
+waits too: `image_scoring` scores and promotes the first version), then **re-scores** every image
 with it into its own partition, **validates** the new predictions against the promoted version,
 and **promotes** them: readers switch in one atomic step. A failing gate fails the run and keeps
 the old version current; that champion is not re-tried until a new version is published or

@@ -167,13 +167,23 @@ def pending_champion(
 
     The promoted version lives in the promotion pointer, not in the sensor, so a restarted
     scheduler or triggerer neither misses a new champion nor fires twice for the same one.
-    A champion whose last validation failed is not re-scored again and again; publish a new
-    version, or pass ``retry_failed``.
+    While no version of ``name`` is promoted this is None too (``retry_failed`` or not): the
+    ``image_scoring`` DAG scores and promotes the first version, and re-scoring it here as well
+    would append a second prediction per image. A champion whose last validation failed is not
+    re-scored again and again; publish a new version, or pass ``retry_failed``.
     """
     champion = registry.champion(name)
     if champion is None:
         return None
-    if champion == current_version(paths, name):
+    promoted = current_version(paths, name)
+    if promoted is None:
+        log.info(
+            "nothing promoted yet for %s: the image_scoring DAG scores and promotes the first version (champion v%s)",
+            name,
+            champion,
+        )
+        return None
+    if champion == promoted:
         return None
     if not retry_failed and latest_report_failed(paths, name, champion):
         log.warning("champion %s v%s failed validation before; waiting for a new champion", name, champion)

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 class ModelVersionSensor(BaseSensorOperator):
     """Succeed when the champion of ``model_name`` differs from the promoted version; return it.
 
+    While nothing of ``model_name`` is promoted it keeps waiting: the ``image_scoring`` DAG
+    scores and promotes the first version.
+
     The comparison is against the promotion pointer (``warehouse/current.json``), so the sensor
     keeps no state of its own: restarting the scheduler or triggerer neither loses a new version
     nor fires twice for one that was already promoted. A registry that is down is logged and
@@ -76,7 +79,7 @@ class ModelVersionSensor(BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue | bool:
         version = self._pending()
         if version is None:
-            self.log.info("champion of %s is the promoted version; waiting", self.model_name)
+            self.log.info("no new champion of %s to re-score; waiting", self.model_name)
             return False
         self.log.info("new champion %s v%s is not promoted yet", self.model_name, version)
         return PokeReturnValue(is_done=True, xcom_value=version)

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 class ModelVersionTrigger(BaseTrigger):
     """Fire when a model's champion differs from the version whose predictions are promoted.
 
+    Nothing promoted yet is no reason to fire: ``image_scoring`` scores and promotes the first
+    version.
+
     A registry that cannot be reached is logged and asked again at the next poll; it never
     fails the task.
 

@@ -71,7 +71,7 @@ def test_sensor_logic_works_against_mlflow(mlflow_uri: str, tmp_path: Path) -> N
     paths = RescorePaths(str(tmp_path / "home"))
     registry = MlflowRegistry(mlflow_uri)
     _register(mlflow_uri, tmp_path, b"w1")
-    assert pending_champion(registry, paths, "m") == "1"
+    assert pending_champion(registry, paths, "m") is None  # nothing promoted: image_scoring's job
     set_current(paths, "m", "1")
     assert pending_champion(registry, paths, "m") is None
     _register(mlflow_uri, tmp_path, b"w2")

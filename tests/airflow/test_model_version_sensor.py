@@ -35,8 +35,7 @@ def test_pending_champion_follows_the_promotion_pointer(paths: RescorePaths) -> 
     registry = FolderRegistry(paths.models)
     assert pending_champion(registry, paths, "m") is None  # nothing published
     _publish(paths)
-    assert pending_champion(registry, paths, "m") == "1"  # champion, nothing promoted
-    set_current(paths, "m", "1")
+    set_current(paths, "m", "1")  # image_scoring scored and promoted the first version
     assert pending_champion(registry, paths, "m") is None
     _publish(paths)
     assert pending_champion(registry, paths, "m") == "2"
@@ -48,22 +47,54 @@ def test_pending_champion_follows_the_promotion_pointer(paths: RescorePaths) -> 
     assert pending_champion(registry, paths, "m") == "1"
 
 
+def test_nothing_promoted_yet_is_left_to_image_scoring(paths: RescorePaths, caplog: pytest.LogCaptureFixture) -> None:
+    # Given a fresh deployment: v1 published and champion, nothing promoted yet
+    _publish(paths)
+    registry = FolderRegistry(paths.models)
+    # Then neither the sensor's check nor a retry fires for v1, which image_scoring scores and promotes
+    with caplog.at_level("INFO", logger="rescore_airflow.registry"):
+        assert pending_champion(registry, paths, "m") is None
+    assert "nothing promoted yet for m: the image_scoring DAG scores and promotes the first version" in caplog.text
+    assert pending_champion(registry, paths, "m", retry_failed=True) is None
+    # nor for a second version published before the first was promoted (image_scoring takes the champion)
+    _publish(paths)
+    assert pending_champion(registry, paths, "m") is None
+    # and once image_scoring promoted v1, the newer champion is pending
+    set_current(paths, "m", "1")
+    assert pending_champion(registry, paths, "m") == "2"
+
+
 def test_a_champion_that_failed_validation_is_not_retried_unless_asked(paths: RescorePaths) -> None:
     _publish(paths)
-    report_dir = Path(paths.reports) / "m" / "1"
+    set_current(paths, "m", "1")
+    _publish(paths)
+    report_dir = Path(paths.reports) / "m" / "2"
     report_dir.mkdir(parents=True)
     (report_dir / "run.json").write_text(json.dumps({"passed": False}))
     registry = FolderRegistry(paths.models)
     assert pending_champion(registry, paths, "m") is None
-    assert pending_champion(registry, paths, "m", retry_failed=True) == "1"
+    assert pending_champion(registry, paths, "m", retry_failed=True) == "2"
 
 
 def test_poke_mode_returns_the_new_version_as_xcom(paths: RescorePaths) -> None:
     sensor = ModelVersionSensor(task_id="wait", model_name="m", deferrable=False, rescore_home=paths.home)
     assert sensor.poke({}) is False  # type: ignore[arg-type]
     _publish(paths)
+    assert sensor.poke({}) is False  # v1 is image_scoring's to promote
+    set_current(paths, "m", "1")
+    _publish(paths)
     result = sensor.poke({})  # type: ignore[arg-type]
-    assert result is not False and result.xcom_value == "1"  # type: ignore[union-attr]
+    assert result is not False and result.xcom_value == "2"  # type: ignore[union-attr]
+
+
+def test_deferrable_mode_with_nothing_promoted_defers_instead_of_firing(paths: RescorePaths) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    _publish(paths)
+    sensor = ModelVersionSensor(task_id="wait", model_name="m", rescore_home=paths.home)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({})
+    assert isinstance(deferred.value.trigger, ModelVersionTrigger)
 
 
 def test_poke_mode_logs_and_waits_while_the_registry_is_down(
@@ -91,6 +122,8 @@ def test_trigger_round_trips_through_serialize(paths: RescorePaths) -> None:
 
 def test_trigger_rides_out_a_registry_outage_then_fires(paths: RescorePaths, monkeypatch: pytest.MonkeyPatch) -> None:
     _publish(paths)
+    set_current(paths, "m", "1")
+    _publish(paths)
     calls = {"n": 0}
     real = registry_module.registry_from_config
 
@@ -109,5 +142,5 @@ def test_trigger_rides_out_a_registry_outage_then_fires(paths: RescorePaths, mon
         raise AssertionError("the trigger ended without an event")
 
     payload = asyncio.run(asyncio.wait_for(first_event(), timeout=30))
-    assert payload == {"model_name": "m", "version": "1"}
+    assert payload == {"model_name": "m", "version": "2"}
     assert calls["n"] == 3
