@@ -203,7 +203,13 @@ def test_the_date_range_limits_the_images_in_scope(spark: Any) -> None:
     # Then that day alone is fully covered (both ends inclusive), and the day after is not
     on_day = _validate(spark, _rows("2", preds), from_date=date(2026, 3, 1), to_date=date(2026, 3, 1))
     assert on_day["passed"] is True
-    assert on_day["scope"] == {"from_date": "2026-03-01", "to_date": "2026-03-01", "ingested_before": None, "images": 3}
+    assert on_day["scope"] == {
+        "from_date": "2026-03-01",
+        "to_date": "2026-03-01",
+        "ingested_from": None,
+        "ingested_before": None,
+        "images": 3,
+    }
     day_after = _validate(spark, _rows("2", preds), from_date=date(2026, 3, 2))
     assert _failed(day_after) == ["coverage"]
     assert day_after["coverage"]["missing_sample"] == ["img-3", "img-4", "img-5"]
