@@ -7,7 +7,8 @@ waits too: `image_scoring` scores and promotes the first version), then **re-sco
 with it into its own partition, **validates** the new predictions against the promoted version,
 and **promotes** them: readers switch in one atomic step. A failing gate fails the run and keeps
 the old version current; that champion is not re-tried until a new version is published or
-the run is triggered with `retry_failed`.
+the run is triggered with `retry_failed`. A continuous DAG runs one run at a time: the triggered
+run stays queued until the run now waiting for a champion ends, so mark that one failed.
 
 Images that land while a re-score runs are outside its scope (re-scoring and validation share a
 cutoff, the start of the `rescore` task); the hourly `image_scoring` scores them with the
