@@ -30,11 +30,13 @@ from typing import IO, TYPE_CHECKING, Any
 from spark_jobs.compaction import MERGE_BATCHES, finish_interrupted
 from spark_jobs.contract import RescorePaths
 from spark_jobs.ingest import DEFAULT_MAX_FILES_PER_BATCH, RELAND, epoch_ms, local_path
-from spark_jobs.session import LISTING_TASKS, JobError, listing_tasks, read_table
+from spark_jobs.session import LISTING_TASKS, JobError, listing_tasks, path_exists, read_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
+
+    from spark_jobs.ingest import BatchPlan
 
 log = logging.getLogger("rescore.ingest")
 
@@ -306,6 +308,10 @@ def parse_tfrecord_batches(
                     reason = f"damaged TFRecord file: {exc}; {RELAND}"
                     pending.append({"source_path": path, "reject_reason": reason, "size": size})
                     continue
+                except FileNotFoundError:
+                    reason = f"vanished: the file was deleted or renamed after it landed; {RELAND}"
+                    pending.append({"source_path": path, "reject_reason": reason, "size": size})
+                    continue
                 except PermissionError as exc:
                     reason = (
                         f"unreadable: permission denied ({exc.strerror}); give the ingest user read access and {RELAND}"
@@ -375,6 +381,27 @@ def _columns_from_table(table: DataFrame) -> list[FeatureColumn]:
     return columns
 
 
+def vanished_files(
+    spark: SparkSession, plan: BatchPlan | None, read: set[str], *, modified_after_ms: int | None = None
+) -> list[str]:
+    """The files the checkpoint planned for a batch that were not read because they no longer exist
+    (deleted or renamed after the run listed them), sorted.
+
+    :param read: the batch's files that were read, spelled as the ``binaryFile`` source lists them.
+    A planned file that still exists but gave no row (an empty file) is not one of them, nor one
+    modified at or before ``modified_after_ms`` (skipped on purpose).
+    """
+    if plan is None:
+        return []
+    return [
+        path
+        for path, modified_ms in sorted(plan.files.items())
+        if path not in read
+        and (modified_after_ms is None or modified_ms > modified_after_ms)
+        and not path_exists(spark, path)
+    ]
+
+
 def _check_path_column(table_schema: Any, path_column: str | None, landing: str) -> None:
     if path_column is None:
         return
@@ -417,7 +444,13 @@ def ingest_records(
     """
     from pyspark.sql import functions as F
 
-    from spark_jobs.ingest import check_checkpoint, merge_committed_batches
+    from spark_jobs.ingest import (
+        REJECTS_SCHEMA,
+        _uri_to_listed,
+        check_checkpoint,
+        merge_committed_batches,
+        planned_batch,
+    )
 
     if source not in SOURCES or source == "images":
         raise JobError(f"unknown record --source {source!r}: use one of {', '.join(SOURCES[1:])}")
@@ -473,14 +506,22 @@ def ingest_records(
     stream_df = stream.options(**options).load(landing).withColumn("batch_time", F.current_timestamp())
     if source != "tfrecord":
         stream_df = stream_df.withColumn("source_path", F.col("_metadata.file_path"))
-    if modified_after is not None:
+    modified_after_ms = epoch_ms(modified_after) if modified_after is not None else None
+    if modified_after_ms is not None:
         modified = F.col("modificationTime" if source == "tfrecord" else "_metadata.file_modification_time")
-        stream_df = stream_df.where(F.unix_millis(modified) > F.lit(epoch_ms(modified_after)))
+        stream_df = stream_df.where(F.unix_millis(modified) > F.lit(modified_after_ms))
     read_locally = local_path(landing) is not None
     totals = {"files": 0, "rows": 0, "rejected": 0}
 
+    def vanished_rejects(vanished: list[str], plan: BatchPlan | None) -> DataFrame:
+        """Reject rows of ``REJECTS_SCHEMA`` for files the batch planned but could not read."""
+        reason = f"vanished: the file was deleted or renamed after it landed; {RELAND}"
+        batch_time = plan.batch_time if plan is not None else None
+        return spark.createDataFrame([(p, 0, reason, batch_time, run_id) for p in vanished], REJECTS_SCHEMA)
+
     def each_batch(batch: DataFrame, batch_id: int) -> None:
         partition = f"ingest_batch={batch_id}"
+        plan = planned_batch(spark, checkpoint, batch_id)
         if source == "tfrecord":
             listing = batch.select("path", "length", "batch_time")
             parsed = (
@@ -503,8 +544,12 @@ def ingest_records(
                     "ingested_at",
                     "ingest_run",
                 )
+                read = {r.path for r in listing.select("path").collect()}
+                vanished = vanished_files(spark, plan, read, modified_after_ms=modified_after_ms)
+                if vanished:
+                    rejects = rejects.unionByName(vanished_rejects(vanished, plan))
                 rejects.write.mode("overwrite").parquet(f"{rejects_target}/{partition}")
-                files = listing.count()
+                files = len(read) + len(vanished)
                 rejected = rejects.count()
                 written = rows.count()
             finally:
@@ -517,8 +562,14 @@ def ingest_records(
             )
             rows.write.mode("overwrite").parquet(f"{target}/{partition}")
             written = spark.read.parquet(f"{target}/{partition}").count()
-            files = spark.read.parquet(f"{target}/{partition}").select("source_path").distinct().count()
-            rejected = 0
+            sources = spark.read.parquet(f"{target}/{partition}").select("source_path").distinct().collect()
+            # _metadata.file_path is URL-encoded; the checkpoint's plan is spelled as binaryFile lists paths.
+            read = {_uri_to_listed(r.source_path) for r in sources}
+            vanished = vanished_files(spark, plan, read, modified_after_ms=modified_after_ms)
+            # Written even when empty: a replayed batch must overwrite the rejects of its first attempt.
+            vanished_rejects(vanished, plan).write.mode("overwrite").parquet(f"{rejects_target}/{partition}")
+            files = len(read) + len(vanished)
+            rejected = len(vanished)
         totals["files"] += files
         totals["rows"] += written
         totals["rejected"] += rejected

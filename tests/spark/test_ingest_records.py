@@ -216,3 +216,40 @@ def test_record_sources_honour_modified_after(spark: SparkSession, rescore_home:
     assert rc == 0
     table = spark.read.parquet(str(rescore_home / "warehouse" / "records" / "json"))
     assert [(r.n, Path(r.source_path).name) for r in table.collect()] == [(2, "new.json")]
+
+
+@pytest.mark.parametrize("source", ["tfrecord", "json"])
+def test_a_record_file_deleted_after_the_run_listed_it_is_rejected_as_vanished(
+    spark: SparkSession, rescore_home: Path, source: str
+) -> None:
+    import os
+    import time
+
+    # Given two record files, taken one per batch
+    landing = rescore_home / "landing"
+    for n in range(2):
+        path = landing / f"part-{n}.{source}"
+        if source == "tfrecord":
+            _write_tfrecord(path, [{"n": n}])
+        else:
+            landing.mkdir(exist_ok=True)
+            path.write_text(f'{{"n": {n}}}\n')
+        os.utime(path, (time.time() - 100 + n, time.time() - 100 + n))
+
+    # When the second one is deleted after the run planned its batches (once the first is written)
+    def delete_second(batch_id: int) -> None:
+        if batch_id == 0:
+            (landing / f"part-1.{source}").unlink()
+
+    assert _ingest_records(spark, rescore_home, source, max_files_per_batch=1, after_batch_written=delete_second) == 0
+
+    # Then the first file's row is loaded and the second is a reject saying it vanished
+    records = rescore_home / "warehouse" / "records"
+    assert [r.n for r in spark.read.parquet(str(records / source)).collect()] == [0]
+    (reject,) = spark.read.parquet(str(records / f"{source}_rejects")).collect()
+    assert Path(reject.path).name == f"part-1.{source}"
+    assert reject.reason == (
+        "vanished: the file was deleted or renamed after it landed; "
+        "land it again under a new name (a path already taken is never read again)"
+    )
+    assert reject.ingest_batch == "1"  # partition values are read as strings in these tests
