@@ -15,7 +15,8 @@ protobuf) into typed columns: one column per feature, ``long``/``float``/``strin
 the bytes are not UTF-8), an array of them when any sampled record holds more or fewer than one
 value, plus ``record_index`` (position in the file). A damaged file (bad length, CRC or protobuf)
 is rejected whole into ``records/<name>_rejects`` (``ingest.REJECTS_SCHEMA``) and none of its
-records are loaded, so landing a repaired copy never duplicates rows.
+records are loaded, so landing a repaired copy never duplicates rows; so is a file with a record
+that does not fit the columns (kind, value count, UTF-8 text).
 """
 
 from __future__ import annotations
@@ -234,15 +235,48 @@ def _is_utf8(value: bytes) -> bool:
     return True
 
 
+class RecordMismatchError(ValueError):
+    """A TFRecord record whose feature does not fit the table's column (fixed by the first run)."""
+
+
+_FEATURE_KINDS = {"long": ("int64",), "float": ("float",), "string": ("bytes",), "binary": ("bytes",)}
+
+
 def _column_value(column: FeatureColumn, feature: tuple[str, list[Any]] | None) -> Any:
-    if feature is None:
-        return None
-    values = feature[1]
+    """The value of ``column`` in one record; :class:`RecordMismatchError` when it does not fit the column."""
+    if feature is None or feature[0] == "empty":
+        return None  # an absent feature (or one with no value list) is a null
+    kind, values = feature
+    if kind not in _FEATURE_KINDS[column.kind]:
+        raise RecordMismatchError(f"feature {column.name!r} is a {kind} list but the column is {column.kind}")
+    if not column.is_list and len(values) != 1:
+        raise RecordMismatchError(
+            f"feature {column.name!r} holds {len(values)} values but the column is a single {column.kind}"
+        )
     if column.kind == "string":
-        values = [v.decode("utf-8") for v in values]
-    if column.is_list:
-        return list(values)
-    return values[0] if len(values) == 1 else None
+        try:
+            values = [v.decode("utf-8") for v in values]
+        except UnicodeDecodeError as exc:
+            raise RecordMismatchError(
+                f"feature {column.name!r} is not UTF-8 text ({exc.reason}) but the column is string"
+            ) from exc
+    return list(values) if column.is_list else values[0]
+
+
+def _record_rows(
+    path: str, size: int, examples: list[dict[str, tuple[str, list[Any]]]], columns: list[FeatureColumn]
+) -> list[dict[str, Any]]:
+    """One output row per record of a file; :class:`RecordMismatchError` (naming the record) if any does not fit."""
+    rows = []
+    for index, example in enumerate(examples):
+        row: dict[str, Any] = {"source_path": path, "record_index": index, "size": size}
+        for column in columns:
+            try:
+                row[column.name] = _column_value(column, example.get(column.name))
+            except RecordMismatchError as exc:
+                raise RecordMismatchError(f"record {index}: {exc}") from exc
+        rows.append(row)
+    return rows
 
 
 def _arrow_type(column: FeatureColumn) -> pa.DataType:
@@ -304,6 +338,16 @@ def parse_tfrecord_batches(
                     # Validate the whole file first: a damaged file contributes no rows at all.
                     records = list(iter_tfrecords(io.BytesIO(data)))
                     examples = [parse_example(r) for r in records]
+                    # Checked against the columns before any row is kept: a file is loaded whole or not at all.
+                    rows = _record_rows(path, size, examples, columns)
+                except RecordMismatchError as exc:
+                    reason = (
+                        f"TFRecord file does not fit the table's columns (fixed by its first run): {exc}; write "
+                        f"the feature with the column's type and count, or load such files into a new table "
+                        f"(--name), and {RELAND}"
+                    )
+                    pending.append({"source_path": path, "reject_reason": reason, "size": size})
+                    continue
                 except (TFRecordError, UnicodeDecodeError, struct.error) as exc:
                     reason = f"damaged TFRecord file: {exc}; {RELAND}"
                     pending.append({"source_path": path, "reject_reason": reason, "size": size})
@@ -318,10 +362,7 @@ def parse_tfrecord_batches(
                     )
                     pending.append({"source_path": path, "reject_reason": reason, "size": size})
                     continue
-                for index, example in enumerate(examples):
-                    row = {"source_path": path, "record_index": index, "size": size}
-                    for column in columns:
-                        row[column.name] = _column_value(column, example.get(column.name))
+                for row in rows:
                     pending.append(row)
                     if len(pending) >= rows_per_batch:
                         yield flush()

@@ -253,3 +253,46 @@ def test_a_record_file_deleted_after_the_run_listed_it_is_rejected_as_vanished(
         "land it again under a new name (a path already taken is never read again)"
     )
     assert reject.ingest_batch == "1"  # partition values are read as strings in these tests
+
+
+def test_tfrecord_files_that_do_not_fit_the_first_runs_columns_are_rejected_whole(
+    spark: SparkSession, rescore_home: Path
+) -> None:
+    landing = rescore_home / "landing"
+    records = rescore_home / "warehouse" / "records"
+    # Given a first run that fixed the columns: x a single int64, s UTF-8 text
+    _write_tfrecord(landing / "p0.tfrecord", [{"x": 1, "s": b"a"}, {"x": 2, "s": b"b"}])
+    assert _ingest_records(spark, rescore_home, "tfrecord") == 0
+
+    # When files land whose records do not fit them (each after a record that does), beside a good one
+    _write_tfrecord(landing / "three-x.tfrecord", [{"x": 4, "s": b"d"}, {"x": [7, 8, 9], "s": b"c"}])
+    _write_tfrecord(landing / "raw-s.tfrecord", [{"x": 5, "s": b"e"}, {"x": 6, "s": b"\xff\xfe raw"}])
+    _write_tfrecord(landing / "float-x.tfrecord", [{"x": 2.5, "s": b"f"}])
+    _write_tfrecord(landing / "p1.tfrecord", [{"x": 3, "s": b"ok"}])
+    assert _ingest_records(spark, rescore_home, "tfrecord") == 0
+
+    # Then none of their records is loaded (nothing nulled or cut), only the good file's
+    rows = spark.read.parquet(str(records / "tfrecord")).collect()
+    assert sorted((Path(r.source_path).name, r.record_index, r.x, r.s) for r in rows) == [
+        ("p0.tfrecord", 0, 1, "a"),
+        ("p0.tfrecord", 1, 2, "b"),
+        ("p1.tfrecord", 0, 3, "ok"),
+    ]
+    # And each is rejected whole with a reason naming the record, the feature and the fix
+    rejects = {Path(r.path).name: r.reason for r in spark.read.parquet(str(records / "tfrecord_rejects")).collect()}
+    fix = (
+        "; write the feature with the column's type and count, or load such files into a new table (--name), "
+        "and land it again under a new name (a path already taken is never read again)"
+    )
+    head = "TFRecord file does not fit the table's columns (fixed by its first run): "
+    assert rejects == {
+        "three-x.tfrecord": f"{head}record 1: feature 'x' holds 3 values but the column is a single long{fix}",
+        "raw-s.tfrecord": f"{head}record 1: feature 's' is not UTF-8 text (invalid start byte) "
+        f"but the column is string{fix}",
+        "float-x.tfrecord": f"{head}record 0: feature 'x' is a float list but the column is long{fix}",
+    }
+
+    # And a later run goes on (a bad file never fails every run after it)
+    _write_tfrecord(landing / "p2.tfrecord", [{"x": 4, "s": b"later"}])
+    assert _ingest_records(spark, rescore_home, "tfrecord") == 0
+    assert spark.read.parquet(str(records / "tfrecord")).count() == 4
