@@ -8,7 +8,8 @@ publishes it. ``publish`` takes a model folder (``manifest.json`` + the weights 
 ``.keras`` file (the manifest comes from the flags) and publishes it as the next version.
 Either way the new version becomes the champion unless ``--no-champion``. With
 ``--mlflow-uri`` the same files are also registered as a version of an MLflow registered model,
-the ``champion`` alias moves to it, and the model store gets the same version number.
+the model store gets the same version number, and only then the ``champion`` alias moves to it;
+a store that already holds that number is refused before anything is written to MLflow.
 Model files that would need unpickling are refused.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_jobs.contract import RescorePaths, default_home
-from spark_jobs.model_store import MANIFEST_FILE, Manifest, ModelStore, ModelStoreError
+from spark_jobs.model_store import MANIFEST_FILE, Manifest, ModelStore, ModelStoreError, check_weights
 
 if TYPE_CHECKING:
     from rescore_airflow.registry import MlflowRegistry
@@ -50,15 +51,15 @@ def _mlflow_registry(uri: str) -> MlflowRegistry:
 
 
 def register_in_mlflow(
-    uri: str, manifest: Manifest, weights_file: Path, *, champion: bool, artifact_root: str | None = None
+    registry: MlflowRegistry, manifest: Manifest, weights_file: Path, *, artifact_root: str | None = None
 ) -> str:
     """Register manifest + weights as a new version of an MLflow registered model; returns its number.
 
     The artifacts are laid out the way :class:`rescore_airflow.registry.MlflowRegistry` fetches
-    them (``manifest.json`` and the weights at the root of the version's artifacts), and the
-    ``champion`` alias moves to the new version when ``champion``.
+    them (``manifest.json`` and the weights at the root of the version's artifacts). The
+    ``champion`` alias is left alone: :func:`publish_version` moves it once the model store
+    holds the same version too.
     """
-    registry = _mlflow_registry(uri)
     client = registry.client
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
@@ -74,12 +75,34 @@ def register_in_mlflow(
     client.set_terminated(run.info.run_id)
     if not client.search_registered_models(f"name='{manifest.name}'"):
         client.create_registered_model(manifest.name)
-    version = str(client.create_model_version(manifest.name, f"{run.info.artifact_uri}/model", run.info.run_id).version)
-    if champion:
-        client.set_registered_model_alias(manifest.name, registry.CHAMPION_ALIAS, version)
-        if registry.champion(manifest.name) != version:
-            raise PublishError(f"MLflow did not move the champion alias of {manifest.name} to version {version}")
-    return version
+    return str(client.create_model_version(manifest.name, f"{run.info.artifact_uri}/model", run.info.run_id).version)
+
+
+def move_champion_alias(registry: MlflowRegistry, name: str, version: str) -> None:
+    """Point MLflow's ``champion`` alias of ``name`` at ``version`` and check that it moved."""
+    registry.client.set_registered_model_alias(name, registry.CHAMPION_ALIAS, version)
+    if registry.champion(name) != version:
+        raise PublishError(f"MLflow did not move the champion alias of {name} to version {version}")
+
+
+def check_store_in_step(store: ModelStore, registry: MlflowRegistry, name: str) -> None:
+    """Refuse, before anything is written to MLflow, when the store holds the numbers MLflow hands out next.
+
+    MLflow numbers a registered model's versions 1, 2, ... and never reuses one, so a store
+    version at or above MLflow's next number would clash with this version or a later one;
+    with MLflow as the registry, fetching that number would return the store's older folder.
+    """
+    in_mlflow = registry.versions(name)
+    next_number = int(in_mlflow[-1]) + 1 if in_mlflow else 1
+    clashing = [v for v in store.versions(name) if int(v) >= next_number]
+    if clashing:
+        raise PublishError(
+            f"the model store {store.root} already has {name} version(s) {', '.join(clashing)}, but MLflow "
+            f"would register this one as version {next_number} (MLflow has {', '.join(in_mlflow) or 'none'}): "
+            "the store and the registry are out of step. Nothing was registered in MLflow. Publish without "
+            "--mlflow-uri to keep using the store folder as the registry, or use a model store that only "
+            "holds versions MLflow registered"
+        )
 
 
 def publish_version(
@@ -91,14 +114,49 @@ def publish_version(
     mlflow_uri: str | None = None,
     artifact_root: str | None = None,
 ) -> str:
-    """Publish into the store (and MLflow first, when given, so both share the version number)."""
-    fixed = None
-    if mlflow_uri:
-        if store.versions(manifest.name):
-            log.info("model store already has %s versions %s", manifest.name, store.versions(manifest.name))
-        fixed = register_in_mlflow(mlflow_uri, manifest, weights_file, champion=champion, artifact_root=artifact_root)
-        log.info("registered %s version %s in MLflow (%s)", manifest.name, fixed, mlflow_uri)
-    return store.publish(manifest, weights_file, champion=champion, version=fixed)
+    """Publish into the store (and MLflow, when given, so both share the version number).
+
+    With MLflow the steps are: check the weights and that the store can take MLflow's next
+    number, register the version in MLflow (no alias yet), publish it to the store under that
+    number, and only then move the champion (MLflow's alias, then the store's). A failure
+    before the last step leaves both champions where they were, and a version MLflow
+    registered but the store refused is deleted from MLflow again.
+    """
+    if not mlflow_uri:
+        return store.publish(manifest, weights_file, champion=champion)
+    if not Path(weights_file).is_file():
+        raise ModelStoreError(f"weights file {weights_file} does not exist")
+    check_weights(manifest.framework, Path(weights_file).read_bytes(), str(weights_file), strict=False)
+    registry = _mlflow_registry(mlflow_uri)
+    check_store_in_step(store, registry, manifest.name)
+    fixed = register_in_mlflow(registry, manifest, weights_file, artifact_root=artifact_root)
+    log.info("registered %s version %s in MLflow (%s)", manifest.name, fixed, mlflow_uri)
+    try:
+        version = store.publish(manifest, weights_file, champion=False, version=fixed)
+    except BaseException:
+        try:
+            registry.client.delete_model_version(manifest.name, fixed)
+            log.warning("deleted %s version %s from MLflow again: the model store refused it", manifest.name, fixed)
+        except Exception as exc:
+            log.error(
+                "the model store refused %s version %s and deleting it from MLflow failed too (%s): "
+                "delete it there by hand; the champion alias did not move",
+                manifest.name,
+                fixed,
+                exc,
+            )
+        raise
+    if champion:
+        try:
+            move_champion_alias(registry, manifest.name, version)
+        except Exception as exc:
+            raise PublishError(
+                f"published {manifest.name} v{version} to the model store and MLflow, but moving MLflow's "
+                f"champion alias failed ({exc}); neither champion moved: point the alias "
+                f"{registry.CHAMPION_ALIAS!r} at version {version} in MLflow to make it the champion"
+            ) from exc
+        store.set_champion(manifest.name, version)
+    return version
 
 
 def _keras_input_size(path: Path) -> int | None:

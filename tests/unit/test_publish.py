@@ -116,6 +116,64 @@ def test_mlflow_registration_shares_the_version_and_moves_the_champion_alias(tmp
     assert store.versions("shapes") == ["1", "2", "3"]
 
 
+def test_mlflow_is_left_untouched_when_the_store_already_holds_its_next_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rescore_airflow.registry import MlflowRegistry
+
+    # Given a model store with v1 and v2 published without MLflow, and an empty MLflow registry
+    models = tmp_path / "models"
+    old = _torch_folder(tmp_path / "old", seed=1)
+    assert main(["publish", str(old), "--models", str(models)]) == 0
+    assert main(["publish", str(old), "--models", str(models)]) == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    new = _torch_folder(tmp_path / "new", seed=2)
+
+    # When a new model is published with --mlflow-uri (MLflow would call it version 1)
+    common = ["--models", str(models), "--mlflow-uri", uri, "--mlflow-artifacts", (tmp_path / "artifacts").as_uri()]
+    assert main(["publish", str(new), *common]) == 2
+
+    # Then it is refused before MLflow is touched: no version, no champion alias for a sensor to see
+    err = capsys.readouterr().err
+    registry = MlflowRegistry(uri)
+    assert registry.champion("shapes") is None
+    assert registry.versions("shapes") == []
+    assert "Nothing was registered in MLflow" in err
+    store = ModelStore(models)
+    assert (store.versions("shapes"), store.champion("shapes")) == (["1", "2"], "2")
+
+
+def test_a_version_the_store_refuses_is_withdrawn_from_mlflow_and_the_alias_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from include import publish
+    from rescore_airflow.registry import MlflowRegistry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    models = tmp_path / "models"
+    common = ["--models", str(models), "--mlflow-uri", uri, "--mlflow-artifacts", (tmp_path / "artifacts").as_uri()]
+    first = _torch_folder(tmp_path / "m1", seed=1)
+    assert main(["publish", str(first), *common]) == 0
+    # Given another publisher takes store version 2 after the up-front check passed
+    monkeypatch.setattr(publish, "check_store_in_step", lambda *_: None)
+    ModelStore(models).publish(
+        Manifest.from_dict(json.loads((first / "manifest.json").read_text())),
+        first / "model.safetensors",
+        champion=False,
+    )
+
+    # When the next version is published: MLflow registers it as 2, the store refuses 2
+    second = _torch_folder(tmp_path / "m2", seed=2)
+    assert main(["publish", str(second), *common]) == 2
+
+    # Then MLflow's champion is still v1 and its refused v2 is gone again
+    registry = MlflowRegistry(uri)
+    assert registry.champion("shapes") == "1"
+    assert registry.versions("shapes") == ["1"]
+    assert "deleted shapes version 2 from MLflow again" in caplog.text
+    assert ModelStore(models).champion("shapes") == "1"
+
+
 def test_train_publishes_a_pytorch_example_with_a_progress_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
