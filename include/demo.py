@@ -140,6 +140,32 @@ def accuracy(paths: RescorePaths, version: str) -> tuple[int, int]:
     return correct, judged
 
 
+def nothing_to_rescore(paths: RescorePaths, champion: str | None, promoted: str | None, log_file: Path) -> str:
+    """Why the model-version sensor would not fire for ``champion``, and what to do about it."""
+    from rescore_airflow.registry import latest_report_failed
+
+    if champion is None:
+        return f"model_rescore: {MODEL_NAME} has no champion in {paths.models}; nothing to re-score"
+    if promoted is None:
+        return (
+            f"model_rescore: nothing of {MODEL_NAME} is promoted yet (champion v{champion}); the image_scoring DAG "
+            f"scores and promotes the first version: see {log_file} for why it did not, then run the demo again"
+        )
+    if champion == promoted:
+        return f"model_rescore: the champion (v{champion}) is already promoted; nothing to re-score"
+    if latest_report_failed(paths, MODEL_NAME, champion):
+        return (
+            f"model_rescore: the champion v{champion} failed validation in an earlier run (reports: "
+            f"{paths.reports}/{MODEL_NAME}/{champion}/), so it is not re-scored again; readers keep v{promoted}. "
+            "Publish a new version (`python -m include.publish train --seed 2`) and run the demo again, or trigger "
+            "model_rescore with retry_failed: true (and a looser threshold) from the Airflow UI (`make airflow`)"
+        )
+    return (
+        f"model_rescore: the champion v{champion} is not the promoted v{promoted}, yet the model-version sensor "
+        f"would not fire for it: see {log_file}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=300, help="sample images to generate on the first run")
@@ -205,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pending = pending_champion(FolderRegistry(paths.models), paths, MODEL_NAME)
     if pending is None:
-        say(f"model_rescore: the champion (v{store.champion(MODEL_NAME)}) is already promoted; nothing to re-score")
+        say(nothing_to_rescore(paths, store.champion(MODEL_NAME), current_version(paths, MODEL_NAME), log_file))
     else:
         say(f"running the model_rescore DAG: sensor -> re-score with v{pending} -> validate -> promote ...")
         rescore = run_dag("model_rescore", log_file)
