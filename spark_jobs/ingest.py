@@ -28,6 +28,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -97,6 +98,8 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "TIFF", "BMP
 #: How every reject reason ends: the file stream never reads a path it has taken again, so a fixed
 #: file landed under the same name is silently ignored.
 RELAND = "land it again under a new name (a path already taken is never read again)"
+#: Formats whose pixels the door check decodes (their verify() does not catch a cut-off file).
+_FULLY_LOADED = frozenset({"BMP", "GIF", "TIFF"})
 _EXIF_ORIENTATION = 0x0112
 _HASH_CHUNK = 1 << 20
 
@@ -117,10 +120,56 @@ class ImageFacts:
     reason: str | None = None
 
 
-def _ends_with_jpeg_marker(stream: IO[bytes]) -> bool:
-    stream.seek(0, io.SEEK_END)
-    stream.seek(max(0, stream.tell() - 64))
-    return stream.read().rstrip(b"\x00").endswith(b"\xff\xd9")
+#: In a JPEG's entropy-coded data 0xFF is followed by 0x00 (stuffing), RST0-7 or more 0xFF fill bytes;
+#: any other byte after 0xFF is the next marker.
+_JPEG_MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _scan_end(stream: IO[bytes]) -> int | None:
+    """The offset of the marker that ends the entropy-coded data starting here; None if the file ends first."""
+    offset, carry = stream.tell(), b""
+    while chunk := stream.read(_HASH_CHUNK):
+        data = carry + chunk
+        found = _JPEG_MARKER_IN_SCAN.search(data)
+        if found is not None:
+            return offset + found.start()
+        carry = data[-1:] if data.endswith(b"\xff") else b""  # a marker may straddle two chunks
+        offset += len(data) - len(carry)
+    return None
+
+
+def _ends_jpeg_image(stream: IO[bytes]) -> bool:
+    """Whether the JPEG's marker segments and scans run to an end-of-image marker.
+
+    The segments are walked by their lengths (an EXIF thumbnail's own end marker inside APP1 is
+    skipped), so data after the end marker (motion photos, camera trailers) is allowed and a file
+    cut off anywhere before it is not.
+    """
+    stream.seek(0)
+    if stream.read(2) != b"\xff\xd8":
+        return False
+    while True:
+        if stream.read(1) != b"\xff":
+            return False
+        marker = stream.read(1)
+        while marker == b"\xff":  # fill bytes before a marker
+            marker = stream.read(1)
+        if not marker:
+            return False
+        code = marker[0]
+        if code == 0xD9:  # EOI
+            return True
+        if 0xD0 <= code <= 0xD7 or code == 0x01:  # markers without a length
+            continue
+        length = stream.read(2)
+        if len(length) < 2 or int.from_bytes(length, "big") < 2:
+            return False
+        stream.seek(int.from_bytes(length, "big") - 2, io.SEEK_CUR)
+        if code == 0xDA:  # SOS: entropy-coded data up to the next marker
+            end = _scan_end(stream)
+            if end is None:
+                return False
+            stream.seek(end)
 
 
 def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFacts:
@@ -163,7 +212,7 @@ def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PI
                         f"max_pixels={max_pixels}; if this image is genuine, raise --max-pixels and {RELAND}",
                     )
                 # The header is enough to accept a JPEG, but a cut-off upload lacks the end marker.
-                if fmt in ("JPEG", "MPO") and not _ends_with_jpeg_marker(stream):
+                if fmt in ("JPEG", "MPO") and not _ends_jpeg_image(stream):
                     return ImageFacts(
                         width,
                         height,
@@ -177,6 +226,12 @@ def inspect_image(source: bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PI
                 stream.seek(0)  # verify() must come straight after open; reading EXIF above moved on
                 with Image.open(stream) as fresh:
                     fresh.verify()  # walks chunks/structures (CRC for PNG) without decoding pixels
+            if fmt in _FULLY_LOADED:
+                # verify() does not read these formats' pixel data, so a cut-off file would pass and
+                # only fail at scoring's decode; the pixel count is bounded by max_pixels above.
+                stream.seek(0)
+                with Image.open(stream) as whole:
+                    whole.load()  # the first frame of an animated GIF, the one scoring reads
     except UnidentifiedImageError:
         return ImageFacts(
             reason="not an image: Pillow does not recognise the format; remove it from the landing "

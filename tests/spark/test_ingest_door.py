@@ -129,3 +129,61 @@ def test_a_file_deleted_after_it_landed_is_rejected_as_vanished(tmp_path: Path) 
         "vanished: the file was deleted or renamed after it landed; "
         "land it again under a new name (a path already taken is never read again)"
     )
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF"])
+def test_a_cut_off_bmp_gif_or_tiff_is_rejected_and_an_intact_one_accepted(fmt: str) -> None:
+    from spark_jobs.ingest import inspect_image
+
+    # Given an image whose format's verify() does not read the pixels, whole and cut at 60%
+    data = _image_bytes("RGB", (64, 48), fmt, (10, 200, 30))
+    # When the door check opens each
+    whole = inspect_image(data, max_pixels=MAX_PIXELS)
+    cut = inspect_image(data[: int(len(data) * 0.6)], max_pixels=MAX_PIXELS)
+    # Then the intact one is accepted and the cut one rejected (scoring's decode would fail on it)
+    assert (whole.reason, whole.format, whole.width, whole.height) == (None, fmt, 64, 48)
+    assert cut.reason is not None and cut.reason.startswith("truncated or corrupt image: image file is truncated")
+
+
+def _jpeg_with_embedded_jpeg() -> bytes:
+    """A 96x64 JPEG carrying a complete small JPEG in an APP15 segment, as an EXIF thumbnail would."""
+    import random
+
+    from PIL import Image
+
+    noise = random.Random(7).randbytes(96 * 64 * 3)
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (96, 64), noise).save(buf, "JPEG", quality=90)
+    main = buf.getvalue()
+    thumbnail = _image_bytes("RGB", (8, 8), "JPEG", (1, 2, 3))
+    segment = b"\xff\xef" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    return main[:2] + segment + main[2:]
+
+
+def test_a_jpeg_with_data_after_its_end_marker_is_accepted() -> None:
+    from spark_jobs.ingest import inspect_image
+
+    # Given whole JPEGs followed by trailing data (a motion photo's video, a camera trailer, zero padding)
+    jpeg = _jpeg_with_embedded_jpeg()
+    for trailer in (b"\x00\x00\x00\x18ftypmp42" + b"x" * 190, b"\x00" * 4096, b"\xff\xd8\xff junk \xff\xd9 tail"):
+        # When the door check opens it
+        facts = inspect_image(jpeg + trailer, max_pixels=MAX_PIXELS)
+        # Then it is an image (Pillow decodes it whole)
+        assert (facts.reason, facts.format, facts.width, facts.height) == (None, "JPEG", 96, 64), trailer[:12]
+
+
+def test_a_cut_off_jpeg_is_rejected_even_with_an_end_marker_inside_it() -> None:
+    from spark_jobs.ingest import inspect_image
+
+    # Given a JPEG whose embedded thumbnail has its own end marker, cut off inside its scan or just
+    # before its end marker, alone and followed by bytes
+    jpeg = _jpeg_with_embedded_jpeg()
+    assert jpeg.count(b"\xff\xd9") >= 2
+    for cut in (jpeg[: len(jpeg) * 3 // 4], jpeg[:-10], jpeg[:-2], jpeg[: len(jpeg) * 3 // 4] + b"x" * 300):
+        # When the door check opens it
+        facts = inspect_image(cut, max_pixels=MAX_PIXELS)
+        # Then it is rejected as truncated
+        assert facts.reason is not None and facts.reason.startswith("truncated JPEG: the end-of-image marker"), (
+            len(cut),
+            facts.reason,
+        )
