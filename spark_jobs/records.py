@@ -443,6 +443,30 @@ def vanished_files(
     ]
 
 
+def unreadable_file_error(message: str, source: str, columns: list[str]) -> JobError | None:
+    """A one-line error naming the landed file Spark could not read in a record batch, and the fix;
+    None when ``message`` (a failed stream's) is not about one file.
+
+    The batch is replayed on every run until it can be read, so the file has to be moved away (the
+    replay then records it as a vanished reject) before a fixed copy is landed under a new name.
+    """
+    import re
+
+    found = re.search(r"Encountered error while reading file (\S+?)\.?\s", message)
+    if found is None:
+        return None
+    path = found.group(1)
+    fix = (
+        f"move {path} out of the landing folder (this batch is retried on every run until then, and "
+        f"then records the file as vanished), fix it and {RELAND}"
+    )
+    if "CSV header does not conform to the schema" in message:
+        return JobError(
+            f"CSV file {path} has a header that is not the table's columns in their order ({', '.join(columns)}): {fix}"
+        )
+    return JobError(f"cannot read {source} file {path}: it is cut off or damaged; {fix}")
+
+
 def _check_path_column(table_schema: Any, path_column: str | None, landing: str) -> None:
     if path_column is None:
         return
@@ -483,6 +507,7 @@ def ingest_records(
         ingest does for images (:func:`spark_jobs.compaction.merge_batches`).
     Returns the job's exit code (0).
     """
+    from pyspark.errors import StreamingQueryException
     from pyspark.sql import functions as F
 
     from spark_jobs.ingest import (
@@ -514,6 +539,9 @@ def ingest_records(
         options["pathGlobFilter"] = path_glob
     if source == "csv":
         options["header"] = "true"
+        # Spark's default (true) reads columns by position whatever the header says: a file with the
+        # same columns in another order would be loaded into the wrong columns.
+        options["enforceSchema"] = "false"
 
     columns: list[FeatureColumn] = []
     if source == "tfrecord":
@@ -624,7 +652,14 @@ def ingest_records(
         .trigger(availableNow=True)
         .start()
     )
-    query.awaitTermination()
+    try:
+        query.awaitTermination()
+    except StreamingQueryException as exc:
+        columns_read = [f.name for f in schema.fields] if source != "tfrecord" else []
+        error = unreadable_file_error(str(exc), source, columns_read)
+        if error is None:
+            raise
+        raise error from exc
     merge_committed_batches(spark, checkpoint, {target: None, rejects_target: None}, min_batches=merge_min_batches)
     log.info(
         "ingest of %s done: %d files, %d rows into %s, %d files rejected (see %s)",

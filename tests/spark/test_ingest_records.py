@@ -296,3 +296,43 @@ def test_tfrecord_files_that_do_not_fit_the_first_runs_columns_are_rejected_whol
     _write_tfrecord(landing / "p2.tfrecord", [{"x": 4, "s": b"later"}])
     assert _ingest_records(spark, rescore_home, "tfrecord") == 0
     assert spark.read.parquet(str(records / "tfrecord")).count() == 4
+
+
+def test_a_csv_file_with_its_columns_in_another_order_stops_the_run_naming_the_file(
+    spark: SparkSession, rescore_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+    import time
+
+    from spark_jobs.ingest import main
+
+    landing = rescore_home / "landing"
+    landing.mkdir()
+    table = rescore_home / "warehouse" / "records" / "csv"
+    (landing / "a.csv").write_text("path,label,score\n/img/1.jpg,cat,0.9\n")
+    os.utime(landing / "a.csv", (time.time() - 100, time.time() - 100))
+    home = ["--home", str(rescore_home), "--source", "csv", "--path-column", "path"]
+    assert main(home) == 0
+    # Given a later file with the same columns in another order
+    (landing / "b.csv").write_text("label,path,score\nbird,/img/3.jpg,0.5\n")
+
+    # When the job runs
+    with caplog.at_level(logging.ERROR, logger="rescore.ingest"):
+        rc = main(home)
+
+    # Then it stops with a clear error naming the file and the fix, and nothing lands in the wrong columns
+    assert rc == 2
+    assert (
+        f"CSV file file://{landing}/b.csv has a header that is not the table's columns in their order " in caplog.text
+    )
+    assert "(path, label, score): move" in caplog.text
+    assert [(r.path, r.label) for r in spark.read.parquet(str(table)).collect()] == [("/img/1.jpg", "cat")]
+
+    # And once the file is moved away and a fixed copy landed under a new name, the next run goes on
+    (landing / "b.csv").rename(rescore_home / "b.csv")
+    (landing / "b2.csv").write_text("path,label,score\n/img/3.jpg,bird,0.5\n")
+    assert main(home) == 0
+    rows = spark.read.parquet(str(table)).collect()
+    assert sorted((r.path, r.label, r.score) for r in rows) == [("/img/1.jpg", "cat", 0.9), ("/img/3.jpg", "bird", 0.5)]
+    (reject,) = spark.read.parquet(f"{table}_rejects").collect()
+    assert Path(reject.path).name == "b.csv" and reject.reason.startswith("vanished")
