@@ -336,3 +336,31 @@ def test_a_csv_file_with_its_columns_in_another_order_stops_the_run_naming_the_f
     assert sorted((r.path, r.label, r.score) for r in rows) == [("/img/1.jpg", "cat", 0.9), ("/img/3.jpg", "bird", 0.5)]
     (reject,) = spark.read.parquet(f"{table}_rejects").collect()
     assert Path(reject.path).name == "b.csv" and reject.reason.startswith("vanished")
+
+
+def test_a_cut_off_parquet_file_stops_the_run_with_one_line_naming_it(
+    spark: SparkSession, rescore_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spark_jobs.ingest import main
+
+    # Given a table loaded by a first run, and then a Parquet file landed cut off half way
+    landing = rescore_home / "landing"
+    landing.mkdir()
+    pq.write_table(pa.table({"n": [3], "tag": ["c"]}), landing / "good.parquet")
+    assert main(["--home", str(rescore_home), "--source", "parquet"]) == 0
+    pq.write_table(pa.table({"n": [1, 2], "tag": ["a", "b"]}), rescore_home / "whole.parquet")
+    data = (rescore_home / "whole.parquet").read_bytes()
+    (landing / "cut.parquet").write_bytes(data[: len(data) // 2])
+
+    # When the job runs again
+    with caplog.at_level(logging.ERROR, logger="rescore.ingest"):
+        rc = main(["--home", str(rescore_home), "--source", "parquet"])
+
+    # Then it exits 2 with one line naming the file and the fix, not Spark's stack trace
+    assert rc == 2
+    (line,) = [m for m in caplog.messages if "cut.parquet" in m]
+    assert f"cannot read parquet file file://{landing}/cut.parquet: it is cut off or damaged; move " in line
+    assert "\n" not in line
