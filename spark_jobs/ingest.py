@@ -447,7 +447,7 @@ def _read_lines(spark: SparkSession, path: str) -> list[str] | None:
         stream.close()
 
 
-def _uri_to_listed(uri: str) -> str:
+def uri_to_listed(uri: str) -> str:
     """A source-log path (``file:///a%20b.jpg``) spelled as the ``binaryFile`` column has it (``file:/a b.jpg``)."""
     from urllib.parse import unquote
 
@@ -480,7 +480,7 @@ def planned_batch(spark: SparkSession, checkpoint: str, batch_id: int) -> BatchP
     for line in entries[1:]:
         entry = json.loads(line)
         if int(entry["batchId"]) == log_offset:
-            files[_uri_to_listed(entry["path"])] = int(entry["timestamp"])
+            files[uri_to_listed(entry["path"])] = int(entry["timestamp"])
     return BatchPlan(batch_time, files)
 
 

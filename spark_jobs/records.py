@@ -512,10 +512,10 @@ def ingest_records(
 
     from spark_jobs.ingest import (
         REJECTS_SCHEMA,
-        _uri_to_listed,
         check_checkpoint,
         merge_committed_batches,
         planned_batch,
+        uri_to_listed,
     )
 
     if source not in SOURCES or source == "images":
@@ -633,7 +633,7 @@ def ingest_records(
             written = spark.read.parquet(f"{target}/{partition}").count()
             sources = spark.read.parquet(f"{target}/{partition}").select("source_path").distinct().collect()
             # _metadata.file_path is URL-encoded; the checkpoint's plan is spelled as binaryFile lists paths.
-            read = {_uri_to_listed(r.source_path) for r in sources}
+            read = {uri_to_listed(r.source_path) for r in sources}
             vanished = vanished_files(spark, plan, read, modified_after_ms=modified_after_ms)
             # Written even when empty: a replayed batch must overwrite the rejects of its first attempt.
             vanished_rejects(vanished, plan).write.mode("overwrite").parquet(f"{rejects_target}/{partition}")
