@@ -98,6 +98,8 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "TIFF", "BMP
 #: How every reject reason ends: the file stream never reads a path it has taken again, so a fixed
 #: file landed under the same name is silently ignored.
 RELAND = "land it again under a new name (a path already taken is never read again)"
+#: The reason of a file the stream took that was gone when its batch read it.
+VANISHED = f"vanished: the file was deleted or renamed after it landed; {RELAND}"
 #: Formats whose pixels the door check decodes (their verify() does not catch a cut-off file).
 _FULLY_LOADED = frozenset({"BMP", "GIF", "TIFF"})
 _EXIF_ORIENTATION = 0x0112
@@ -310,7 +312,7 @@ def inspect_file(
             )
             image_id, kept = None, None
         except FileNotFoundError:
-            facts = ImageFacts(reason=f"vanished: the file was deleted or renamed after it landed; {RELAND}")
+            facts = ImageFacts(reason=VANISHED)
             image_id, kept = None, None
     row.update(
         image_id=image_id,
@@ -462,6 +464,20 @@ class BatchPlan:
     batch_time: datetime
     files: dict[str, int]  # path as binaryFile lists it -> modification time (ms)
 
+    def unread(self, read: set[str], modified_after_ms: int | None = None) -> tuple[list[str], int]:
+        """The planned files missing from ``read`` (spelled as ``binaryFile`` lists them), sorted,
+        and how many more were missing because they were modified at or before ``modified_after_ms``
+        (skipped on purpose)."""
+        unread, skipped = [], 0
+        for path, modified_ms in sorted(self.files.items()):
+            if path in read:
+                continue
+            if modified_after_ms is not None and modified_ms <= modified_after_ms:
+                skipped += 1
+            else:
+                unread.append(path)
+        return unread, skipped
+
 
 def planned_batch(spark: SparkSession, checkpoint: str, batch_id: int) -> BatchPlan | None:
     """Read a micro-batch's offset and file-source log entries from the checkpoint."""
@@ -487,7 +503,7 @@ def planned_batch(spark: SparkSession, checkpoint: str, batch_id: int) -> BatchP
 def _reason_not_read(path: str) -> str:
     local = local_path(path)
     if local is not None and not os.path.exists(local):
-        return f"vanished: the file was deleted or renamed after it landed; {RELAND}"
+        return VANISHED
     return f"empty file (0 bytes): the upload was probably interrupted; {RELAND}"
 
 
@@ -524,14 +540,9 @@ def write_batch(
             skipped = sum(1 for r in listing if r.modified_ms <= cutoff)
             files = files.where(modified_ms > F.lit(cutoff))
         if plan is not None:
-            read = {r.path for r in listing}
-            for path, planned_ms in sorted(plan.files.items()):
-                if path in read:
-                    continue
-                if cutoff is not None and planned_ms <= cutoff:
-                    skipped += 1
-                    continue
-                not_read.append((path, 0, _reason_not_read(path), plan.batch_time, run_id))
+            unread, old = plan.unread({r.path for r in listing}, cutoff)
+            skipped += old
+            not_read = [(path, 0, _reason_not_read(path), plan.batch_time, run_id) for path in unread]
     checked = inspect_files(files, max_pixels=max_pixels, max_file_bytes=max_file_bytes, read_locally=read_locally)
     if plan is not None:
         # The checkpoint's batch time is the value current_timestamp() has in the stream: no join needed.

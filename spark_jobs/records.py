@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from spark_jobs.compaction import MERGE_BATCHES, finish_interrupted
 from spark_jobs.contract import RescorePaths
-from spark_jobs.ingest import DEFAULT_MAX_FILES_PER_BATCH, RELAND, epoch_ms, local_path
+from spark_jobs.ingest import DEFAULT_MAX_FILES_PER_BATCH, RELAND, VANISHED, epoch_ms, local_path
 from spark_jobs.session import LISTING_TASKS, JobError, listing_tasks, path_exists, read_table
 
 if TYPE_CHECKING:
@@ -353,7 +353,7 @@ def parse_tfrecord_batches(
                     pending.append({"source_path": path, "reject_reason": reason, "size": size})
                     continue
                 except FileNotFoundError:
-                    reason = f"vanished: the file was deleted or renamed after it landed; {RELAND}"
+                    reason = VANISHED
                     pending.append({"source_path": path, "reject_reason": reason, "size": size})
                     continue
                 except PermissionError as exc:
@@ -434,13 +434,7 @@ def vanished_files(
     """
     if plan is None:
         return []
-    return [
-        path
-        for path, modified_ms in sorted(plan.files.items())
-        if path not in read
-        and (modified_after_ms is None or modified_ms > modified_after_ms)
-        and not path_exists(spark, path)
-    ]
+    return [path for path in plan.unread(read, modified_after_ms)[0] if not path_exists(spark, path)]
 
 
 def unreadable_file_error(message: str, source: str, columns: list[str]) -> JobError | None:
@@ -584,7 +578,7 @@ def ingest_records(
 
     def vanished_rejects(vanished: list[str], plan: BatchPlan | None) -> DataFrame:
         """Reject rows of ``REJECTS_SCHEMA`` for files the batch planned but could not read."""
-        reason = f"vanished: the file was deleted or renamed after it landed; {RELAND}"
+        reason = VANISHED
         batch_time = plan.batch_time if plan is not None else None
         return spark.createDataFrame([(p, 0, reason, batch_time, run_id) for p in vanished], REJECTS_SCHEMA)
 
